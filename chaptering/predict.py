@@ -1,0 +1,174 @@
+"""Chapterer: transcript -> chapters, with windows that fit the model's context.
+
+A window holds as many numbered lines as fit; the next window starts at the last chapter found (its
+end was not seen yet), so every segment of a long meeting is covered and no chapter is cut blindly.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+from chaptering import prompt
+from chaptering.schema import PredictedChapter, Prediction, Transcript
+
+
+class LLMChapterer:
+    """Greedy-decoding chapterer over a causal LM; `style="seed"` uses the seed's start_text prompt."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        name: str,
+        context_tokens: int = 2048,
+        max_new_tokens: int = 200,
+        style: Literal["lines", "seed"] = "lines",
+    ) -> None:
+        self.model, self.tok, self.name = model, tokenizer, name
+        self.max_new_tokens, self.style = max_new_tokens, style
+        limit = getattr(model.config, "max_position_embeddings", context_tokens) or context_tokens
+        self.context_tokens = min(context_tokens, limit)
+        overhead = len(self._encode(self._messages_for([]))["input_ids"][0])
+        self.line_budget = self.context_tokens - overhead - max_new_tokens
+        if self.line_budget < 32:
+            raise ValueError(f"context of {self.context_tokens} tokens leaves no room for transcript lines")
+
+    def _messages_for(self, lines: list[str]) -> list[dict[str, str]]:
+        if self.style == "seed":
+            return [{"role": "user", "content": prompt.SEED_INSTRUCTION + "\n".join(lines)}]
+        return prompt.messages(lines)
+
+    def _encode(self, msgs: list[dict[str, str]]) -> Any:
+        return self.tok.apply_chat_template(
+            msgs, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        )
+
+    def line_tokens(self, t: Transcript) -> list[int]:
+        # Absolute numbering has at least as many digits as window-relative: a safe over-estimate.
+        lines = [prompt.render_line(i, s.text, s.start) + "\n" for i, s in enumerate(t.segments)]
+        return [len(ids) for ids in self.tok(lines, add_special_tokens=False)["input_ids"]]
+
+    def generate(self, msgs: list[dict[str, str]]) -> tuple[str, int]:
+        import torch
+
+        enc = self._encode(msgs)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **enc,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tok.pad_token_id or self.tok.eos_token_id,
+            )
+        new = out[0, enc["input_ids"].shape[1] :]
+        return self.tok.decode(new, skip_special_tokens=True), int(new.shape[0])
+
+    def _window(self, t: Transcript, start: int, end: int) -> tuple[prompt.ParseResult, int]:
+        if self.style == "seed":
+            text, n = self.generate(prompt.seed_messages(t, start, end))
+            return prompt.parse_seed_answer(text, t, start, end), n
+        text, n = self.generate(prompt.messages(prompt.window_lines(t, start, end)))
+        return prompt.parse_answer(text, end - start), n
+
+    def predict(self, t: Transcript) -> Prediction:
+        t0 = time.perf_counter()
+        counts = self.line_tokens(t)
+        chapters: list[tuple[int, str]] = []
+        healths: list[str] = []
+        repairs: list[str] = []
+        tokens = windows = 0
+        start, continues = 0, False
+        while start < len(t.segments):
+            end = prompt.fit_window(counts, start, self.line_budget)
+            result, n = self._window(t, start, end)
+            tokens, windows = tokens + n, windows + 1
+            healths.append(result.health)
+            repairs += result.repairs
+            found = [(start + s, title) for s, title in result.chapters]
+            if continues:
+                found = found[1:]  # a forced cut, not a chapter the model chose
+            elif chapters and chapters[-1][0] == start:
+                chapters.pop()  # re-predicted with its whole extent in view: keep the new title
+            chapters += found
+            if end >= len(t.segments):
+                break
+            start, continues = prompt.next_window_start(start, end, chapters[-1][0])
+        health = (
+            "unusable" if all(h == "unusable" for h in healths)
+            else "repaired" if any(h != "clean" for h in healths) else "clean"
+        )
+        return Prediction(
+            id=t.id,
+            model=self.name,
+            chapters=[PredictedChapter(title=ti, start_segment=s, start=t.segments[s].start) for s, ti in chapters],
+            meta={
+                "health": health,
+                "repairs": repairs,
+                "windows": windows,
+                "generated_tokens": tokens,
+                "latency_s": round(time.perf_counter() - t0, 3),
+            },
+        )
+
+
+def predict_all(chapterer: Any, transcripts: Iterable[Transcript], progress: bool = True) -> Iterable[Prediction]:
+    """Predict lazily with a progress bar (tqdm writes to stderr, so stdout stays clean for --json)."""
+    from tqdm.auto import tqdm
+
+    items = list(transcripts) if progress else transcripts
+    for t in tqdm(items, desc=getattr(chapterer, "name", "predict"), unit="transcript", disable=not progress):
+        yield chapterer.predict(t)
+
+
+def load_chapterer(spec: str, settings: Any) -> Any:
+    """`--model` values: base | champion | models:/NAME/VER | PATH (model or adapter) | baseline:NAME."""
+    from chaptering.models import load_model, read_adapter_base, resolve_base
+
+    cache = settings.cache_dir
+    llm_kwargs = dict(context_tokens=settings.model.context_tokens, max_new_tokens=settings.model.max_new_tokens)
+    if spec.startswith("baseline:"):
+        name = spec.split(":", 1)[1]
+        if name == "seed":
+            model, tok = load_model(resolve_base(settings.model.base, cache), dtype=settings.model.dtype)
+            return LLMChapterer(model, tok, spec, style="seed", **llm_kwargs)
+        from chaptering.baselines import make_baseline
+
+        return make_baseline(name, train_mean_chapters=train_mean_chapters(settings), seed=settings.seed)
+    if spec == "base":
+        model, tok = load_model(resolve_base(settings.model.base, cache), dtype=settings.model.dtype)
+        return LLMChapterer(model, tok, f"base:{settings.model.base}", **llm_kwargs)
+    if spec == "champion" or spec.startswith("models:/"):
+        from chaptering.registry import fetch_adapter
+
+        adapter, base, name = fetch_adapter(spec, settings)
+        model, tok = load_model(resolve_base(base, cache), adapter=adapter, dtype=settings.model.dtype)
+        return LLMChapterer(model, tok, name, **llm_kwargs)
+    path = Path(spec)
+    if (path / "adapter_config.json").is_file():
+        base = read_adapter_base(path) or settings.model.base
+        if not Path(base).exists():
+            base = settings.model.base  # trained elsewhere: fall back to the configured base
+        model, tok = load_model(resolve_base(base, cache), adapter=path, dtype=settings.model.dtype)
+        return LLMChapterer(model, tok, str(path), **llm_kwargs)
+    if (path / "config.json").is_file():
+        model, tok = load_model(str(path), dtype=settings.model.dtype)
+        return LLMChapterer(model, tok, str(path), **llm_kwargs)
+    raise ValueError(
+        f"--model {spec!r}: expected base, champion, models:/NAME/VERSION, baseline:NAME, "
+        "or a folder holding a model (config.json) or a PEFT adapter (adapter_config.json)"
+    )
+
+
+def train_mean_chapters(settings: Any) -> float:
+    """Mean chapter count of the training inputs: what the equal/random floors aim for."""
+    from chaptering.io import iter_transcripts
+
+    counts = [
+        len(t.chapters)
+        for root in settings.data.inputs
+        for f in sorted(Path(root).glob("*.jsonl")) if Path(root).is_dir()
+        for t in iter_transcripts(f, rejected=[])
+        if t.chapters
+    ]
+    return sum(counts) / len(counts) if counts else 5.0

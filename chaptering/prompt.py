@@ -1,0 +1,229 @@
+"""One prompt for training, evaluation and serving: render a transcript window, parse the answer.
+
+The model sees numbered lines `[12] (03:41) text` (numbers relative to the window, times absolute)
+and answers with JSON only: `[{"start": 0, "title": "Intro"}, ...]`. The parser is strict but repairs
+what it can, and says what it repaired so evaluation can report output health.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+from chaptering.schema import Chapter, Transcript
+
+PROMPT_VERSION = "lines-json-v1"
+LINE_WORDS = 40  # long turns are cut so a window holds more of the story
+MAX_TITLE_WORDS = 10
+MAX_TITLE_CHARS = 80
+
+SYSTEM = "You split video transcripts into chapters and give each chapter a short title."
+INSTRUCTION = (
+    "Split this transcript into chapters. Each line is `[n] (time) text`. Answer with JSON only: a list of "
+    'objects {"start": n, "title": "..."} where start is the line where the chapter begins, in increasing '
+    "order, the first at 0, with short titles (2-6 words).\n\n"
+)
+
+SEED_INSTRUCTION = (
+    "Divide the following video transcript into chapters. Return a JSON list where each item has "
+    '"title" (a short chapter title) and "start_text" (the exact first sentence of the chapter, copied '
+    "from the transcript). Return only JSON.\n\nTranscript:\n"
+)
+
+
+def fmt_time(seconds: float) -> str:
+    s = int(seconds)
+    h, m, s = s // 3600, s % 3600 // 60, s % 60
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def render_line(i: int, text: str, start: float | None) -> str:
+    words = text.split()
+    body = " ".join(words[:LINE_WORDS]) + (" …" if len(words) > LINE_WORDS else "")
+    return f"[{i}] ({fmt_time(start)}) {body}" if start is not None else f"[{i}] {body}"
+
+
+def window_lines(t: Transcript, start: int, end: int) -> list[str]:
+    """Lines for segments [start, end), numbered from 0 within the window."""
+    return [render_line(i - start, s.text, s.start) for i, s in enumerate(t.segments[start:end], start)]
+
+
+def messages(lines: Sequence[str], answer: str | None = None) -> list[dict[str, str]]:
+    """Chat messages for one window; with `answer`, the assistant turn that SFT learns."""
+    msgs = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": INSTRUCTION + "\n".join(lines)},
+    ]
+    if answer is not None:
+        msgs.append({"role": "assistant", "content": answer})
+    return msgs
+
+
+def render_answer(chapters: Sequence[tuple[int, str]]) -> str:
+    """The exact assistant text for relative (start, title) pairs: compact JSON, one canonical form."""
+    return json.dumps([{"start": s, "title": t} for s, t in chapters], ensure_ascii=False)
+
+
+def window_chapters(t: Transcript, start: int, end: int) -> list[tuple[int, str]]:
+    """Reference chapters inside a window, relative; the window always opens a chapter at 0."""
+    assert t.chapters is not None
+    inside = [(c.start_segment - start, c.title) for c in t.chapters if start <= c.start_segment < end]
+    if not inside or inside[0][0] != 0:
+        # The window starts mid-chapter: the chapter running into it is chapter 0 here.
+        before = [c.title for c in t.chapters if c.start_segment < start]
+        inside.insert(0, (0, before[-1] if before else t.chapters[0].title))
+    return inside
+
+
+def fit_window(line_tokens: Sequence[int], start: int, budget: int) -> int:
+    """End (exclusive) of the longest window from `start` whose lines fit in `budget` tokens (>= 1 line)."""
+    used, end = 0, start
+    while end < len(line_tokens) and (used + line_tokens[end] <= budget or end == start):
+        used += line_tokens[end]
+        end += 1
+    return end
+
+
+def next_window_start(start: int, end: int, last_chapter: int) -> tuple[int, bool]:
+    """Where the next window opens, and whether its first chapter continues the previous one.
+
+    As in Chapter-Llama, a new window starts at the last chapter found (its end was not seen); if that
+    chapter began in the first half of the window, restarting there would crawl, so we cut at the end.
+    """
+    if last_chapter > start and last_chapter - start >= (end - start) // 2:
+        return last_chapter, False
+    return end, True
+
+
+@dataclass
+class ParseResult:
+    chapters: list[tuple[int, str]]  # relative starts, validated
+    health: Literal["clean", "repaired", "unusable"]
+    repairs: list[str] = field(default_factory=list)
+
+
+_FENCE = re.compile(r"```(?:json)?", re.I)
+_TRAILING_COMMA = re.compile(r",\s*([\]}])")
+_OBJECT = re.compile(r"\{[^{}]*\}", re.S)
+_START = re.compile(r"[\"']?start[\"']?\s*:\s*[\"']?(\d+)")
+_TITLE = re.compile(r"[\"']?title[\"']?\s*:\s*[\"']((?:[^\"'\\]|\\.)*)")
+
+
+def _loads_list(text: str) -> tuple[list[Any] | None, list[str]]:
+    """Find a JSON list in model text, noting each repair needed to get one."""
+    repairs: list[str] = []
+    body = text.strip()
+    if _FENCE.search(body):
+        body = _FENCE.sub("", body).strip()
+        repairs.append("stripped code fence")
+    lo = body.find("[")
+    if lo == -1:
+        return None, repairs
+    hi = body.rfind("]")
+    if lo > 0 or (hi != -1 and hi < len(body) - 1):
+        repairs.append("stripped text around JSON")
+    candidate = body[lo : hi + 1] if hi > lo else body[lo:]
+    for attempt in range(3):
+        try:
+            value = json.loads(candidate)
+            return (value if isinstance(value, list) else None), repairs
+        except json.JSONDecodeError:
+            pass
+        if attempt == 0 and _TRAILING_COMMA.search(candidate):
+            candidate = _TRAILING_COMMA.sub(r"\1", candidate)
+            repairs.append("removed trailing comma")
+        elif attempt <= 1:
+            cut = candidate.rfind("}")  # truncated answer: keep the complete objects
+            if cut == -1:
+                break
+            candidate = _TRAILING_COMMA.sub(r"\1", candidate[: cut + 1] + "]")
+            repairs.append("closed truncated list")
+    # Last resort: pull start/title pairs out of object-looking fragments.
+    items = []
+    for obj in _OBJECT.findall(body[lo:]):
+        s, t = _START.search(obj), _TITLE.search(obj)
+        if s and t:
+            items.append({"start": int(s.group(1)), "title": t.group(1)})
+    if items:
+        repairs.append("extracted objects from invalid JSON")
+        return items, repairs
+    return None, repairs
+
+
+def clean_title(title: str) -> str:
+    words = " ".join(str(title).split()).strip(" \"'#*-:").split()
+    return " ".join(words[:MAX_TITLE_WORDS])[:MAX_TITLE_CHARS].strip()
+
+
+def parse_answer(text: str, n_lines: int) -> ParseResult:
+    """Validate model output against the window; repair what can be repaired, say what was done."""
+    items, repairs = _loads_list(text)
+    if items is None:
+        return ParseResult([(0, "Chapter 1")], "unusable", repairs + ["no JSON list found"])
+    chapters: list[tuple[int, str]] = []
+    for item in items:
+        if not isinstance(item, dict) or "start" not in item:
+            repairs.append("dropped item without start")
+            continue
+        try:
+            start = int(item["start"])
+        except (TypeError, ValueError):
+            repairs.append(f"dropped non-integer start {item['start']!r}")
+            continue
+        if not 0 <= start < n_lines:
+            repairs.append(f"dropped out-of-range start {start}")
+            continue
+        if chapters and start <= chapters[-1][0]:
+            repairs.append(f"dropped non-increasing start {start}")
+            continue
+        raw = item.get("title")
+        title = clean_title(raw) if isinstance(raw, str) else ""
+        if title != (raw if isinstance(raw, str) else None):
+            repairs.append("trimmed title" if title else "filled empty title")
+        chapters.append((start, title or f"Chapter {len(chapters) + 1}"))
+    if not chapters:
+        return ParseResult([(0, "Chapter 1")], "unusable", repairs + ["no valid chapter"])
+    if chapters[0][0] != 0:
+        chapters[0] = (0, chapters[0][1])
+        repairs.append("moved first chapter to 0")
+    return ParseResult(chapters, "repaired" if repairs else "clean", repairs)
+
+
+# --- the seed's format, kept only as a baseline to beat -------------------------------------------
+
+
+def seed_messages(t: Transcript, start: int, end: int) -> list[dict[str, str]]:
+    text = "\n".join(s.text for s in t.segments[start:end])
+    return [{"role": "user", "content": SEED_INSTRUCTION + text}]
+
+
+def parse_seed_answer(text: str, t: Transcript, start: int, end: int, min_score: float = 80.0) -> ParseResult:
+    """Map each `start_text` back to the best-matching segment (rapidfuzz); unmatched sentences drop."""
+    from rapidfuzz import fuzz, process
+
+    items, repairs = _loads_list(text)
+    if items is None:
+        return ParseResult([(0, "Chapter 1")], "unusable", repairs + ["no JSON list found"])
+    choices = [s.text for s in t.segments[start:end]]
+    rebuilt = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("start_text"), str):
+            repairs.append("dropped item without start_text")
+            continue
+        hit = process.extractOne(item["start_text"], choices, scorer=fuzz.partial_ratio)
+        if hit is None or hit[1] < min_score:
+            repairs.append("start_text matched no segment")
+            continue
+        rebuilt.append({"start": hit[2], "title": item.get("title", "")})
+    rebuilt.sort(key=lambda d: d["start"])
+    result = parse_answer(json.dumps(rebuilt), len(choices))
+    result.repairs = repairs + result.repairs
+    if result.health == "clean" and repairs:
+        result.health = "repaired"
+    return result
+
+
+def chapters_to_pairs(chapters: Sequence[Chapter]) -> list[tuple[int, str]]:
+    return [(c.start_segment, c.title) for c in chapters]

@@ -1,0 +1,320 @@
+"""Metrics: hand-computed cases, cross-checks against nltk/segeval, properties evaluation relies on."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from chaptering import metrics as M
+from chaptering.schema import Chapter, PredictedChapter, Prediction, Segment, Transcript
+
+# --- boundary P/R/F1 ---------------------------------------------------------------------------------
+
+
+def test_boundary_prf_hand_computed():
+    ref, hyp = [0, 10, 20, 30], [0, 11, 24, 31]
+    # 0 dropped: R={10,20,30}, H={11,24,31}
+    # k=0: no pair equal -> P=R=F=0
+    assert M.boundary_prf(ref, hyp, 0) == (0.0, 0.0, 0.0)
+    # k=1: 10-11, 30-31 match (24 is 4 from 20) -> P=2/3, R=2/3, F=2/3
+    assert M.boundary_prf(ref, hyp, 1) == pytest.approx((2 / 3, 2 / 3, 2 / 3))
+    # k=5: all three -> 1
+    assert M.boundary_prf(ref, hyp, 5) == (1.0, 1.0, 1.0)
+
+
+def test_boundary_prf_one_to_one():
+    # two predictions near one reference boundary: only one may claim it -> P=1/2, R=1/1, F=2*.5*1/1.5=2/3
+    assert M.boundary_prf([0, 10], [0, 9, 11], 1) == pytest.approx((0.5, 1.0, 2 / 3))
+
+
+def test_boundary_prf_optimal_not_nearest_greedy():
+    # greedy-by-distance could take 12-11 first (distance 1) and strand 10 and 13 -> 1 match;
+    # the optimal matching is 10-11, 12-13 -> 2 matches, F=1
+    assert M.boundary_prf([0, 10, 12], [0, 11, 13], 1) == (1.0, 1.0, 1.0)
+
+
+def test_boundary_prf_degenerate_conventions():
+    assert M.boundary_prf([0], [0], 1) == (1.0, 1.0, 1.0)  # both single-chapter
+    assert M.boundary_prf([0], [0, 5], 1) == (0.0, 1.0, 0.0)  # ref empty, hyp not
+    assert M.boundary_prf([0, 5, 9], [0], 5) == (0.0, 0.0, 0.0)  # single-chapter guess: F1 = 0
+    assert M.boundary_prf([], [], 3) == (1.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 5, 100])
+def test_boundary_prf_identity(k):
+    b = [0, 3, 7, 8, 20]
+    assert M.boundary_prf(b, b, k) == (1.0, 1.0, 1.0)
+
+
+def _brute(ref, hyp, tol):
+    """Exhaustive best matching: (pairs, -distance), for checking the DP."""
+    best = (0, 0.0)
+    for r in range(min(len(ref), len(hyp)) + 1):
+        for rs in itertools.combinations(range(len(ref)), r):
+            for hs in itertools.permutations(range(len(hyp)), r):
+                d = [abs(ref[i] - hyp[j]) for i, j in zip(rs, hs)]
+                if all(x <= tol for x in d):
+                    best = max(best, (r, -sum(d)))
+    return best
+
+
+def test_match_is_optimal_against_brute_force():
+    rng = random.Random(0)
+    for _ in range(300):
+        ref = sorted(rng.sample(range(30), rng.randint(0, 5)))
+        hyp = sorted(rng.sample(range(30), rng.randint(0, 5)))
+        tol = rng.choice([0, 1, 2, 4])
+        pairs = M.match(ref, hyp, tol)
+        assert len({i for i, _ in pairs}) == len({j for _, j in pairs}) == len(pairs)
+        got = (len(pairs), -sum(abs(ref[i] - hyp[j]) for i, j in pairs))
+        assert got == _brute(ref, hyp, tol)
+
+
+def test_boundary_prf_time_hand_computed():
+    ref, hyp = [0.0, 60.0, 120.0], [0.5, 62.9, 125.0]
+    # first starts dropped; tol 3: |60-62.9|=2.9 ok, |120-125|=5 no -> P=R=F=1/2
+    assert M.boundary_prf_time(ref, hyp, 3.0) == pytest.approx((0.5, 0.5, 0.5))
+    # tol 5 is inclusive: both match -> 1
+    assert M.boundary_prf_time(ref, hyp, 5.0) == (1.0, 1.0, 1.0)
+    assert M.boundary_prf_time([0.0, 60.0], [0.0], 5.0)[2] == 0.0
+    assert M.boundary_prf_time([1.0], [2.0], 5.0) == (1.0, 1.0, 1.0)
+
+
+# --- Pk / WindowDiff ---------------------------------------------------------------------------------
+
+
+def test_pk_windowdiff_hand_computed():
+    # n=10 -> 9 gaps; ref boundary 5 -> gap 4, hyp boundary 6 -> gap 5; k=2 -> windows i=0..7 (8 = n-k)
+    # ref window {i,i+1} holds gap 4 at i=3,4; hyp holds gap 5 at i=4,5 -> disagree at i=3,5 -> 2/8
+    assert M.pk([0, 5], [0, 6], 10, 2) == pytest.approx(0.25)
+    assert M.windowdiff([0, 5], [0, 6], 10, 2) == pytest.approx(0.25)
+    # hyp [0,5,6] -> gaps 4,5. Pk: hyp has a boundary at i=3,4,5, ref at 3,4 -> 1/8.
+    # WindowDiff counts: ref i=3:1,4:1; hyp i=3:1,4:2,5:1 -> differ at i=4,5 -> 2/8
+    assert M.pk([0, 5], [0, 5, 6], 10, 2) == pytest.approx(1 / 8)
+    assert M.windowdiff([0, 5], [0, 5, 6], 10, 2) == pytest.approx(2 / 8)
+
+
+def test_default_k():
+    # 40 segments, 4 chapters -> mean length 10 -> k = 5
+    assert M.default_k([0, 10, 20, 30], 40) == 5
+    assert M.default_k([0], 1) == 1  # at least 1
+    # default k is used when none is given
+    ref, hyp = [0, 10, 20, 30], [0, 12, 20]
+    assert M.pk(ref, hyp, 40) == M.pk(ref, hyp, 40, 5)
+
+
+def test_single_chapter_prediction_penalised():
+    ref, n = [0, 5], 10
+    # ref has a boundary in window i=3,4 (of 8), hyp never -> 2/8
+    assert M.pk(ref, [0], n, 2) == pytest.approx(0.25)
+    assert M.windowdiff(ref, [0], n, 2) == pytest.approx(0.25)
+    assert M.pk(ref, [0], n) > 0  # default k too
+    assert M.boundary_prf(ref, [0], 1)[2] == 0.0
+
+
+def test_window_metrics_small_n():
+    # k clamped to n-1 = 2 gaps: one window spanning everything
+    assert M.pk([0, 1], [0, 2], 3, 10) == 0.0  # both have some boundary
+    assert M.windowdiff([0, 1], [0, 2], 3, 10) == 0.0  # one each
+    assert M.pk([0, 1], [0], 3, 10) == 1.0
+    assert M.windowdiff([0, 1], [0, 1, 2], 3, 10) == 1.0
+    assert M.pk([0], [0], 1) == M.windowdiff([0], [0], 1) == 0.0  # nothing can be wrong
+    with pytest.raises(ValueError):
+        M.pk([0, 5], [0], 10, 0)
+
+
+def _random_seg(rng: random.Random, n: int) -> list[int]:
+    return [0, *sorted(rng.sample(range(1, n), rng.randint(0, min(6, n - 1))))]
+
+
+def _gap_string(b: list[int], n: int) -> str:
+    return "".join("1" if i + 1 in b else "0" for i in range(n - 1))
+
+
+def test_pk_windowdiff_match_segeval_and_nltk():
+    import segeval
+    from nltk.metrics.segmentation import pk as nltk_pk
+    from nltk.metrics.segmentation import windowdiff as nltk_wd
+
+    rng = random.Random(1)
+    for _ in range(60):
+        n = rng.randint(4, 40)
+        ref, hyp = _random_seg(rng, n), _random_seg(rng, n)
+        k = rng.randint(1, n - 1)
+        mr, mh = M.masses(ref, n), M.masses(hyp, n)
+        assert M.pk(ref, hyp, n, k) == pytest.approx(float(segeval.pk(mh, mr, window_size=k)))
+        assert M.windowdiff(ref, hyp, n, k) == pytest.approx(
+            float(segeval.window_diff(mh, mr, window_size=k))
+        )
+        # and nltk itself on the gap string (N-1 chars, '1' at gap b-1)
+        gr, gh = (_gap_string(b, n) for b in (ref, hyp))
+        assert M.pk(ref, hyp, n, k) == pytest.approx(nltk_pk(gr, gh, k))
+        assert M.windowdiff(ref, hyp, n, k) == pytest.approx(nltk_wd(gr, gh, k))
+
+
+# --- Boundary Similarity, count ---------------------------------------------------------------------
+
+
+def test_boundary_similarity_hand_computed():
+    # B = 1 - (A_e + w_t) / (A_e + T_e + B_M), n_t = 2, a transposition weighs span / n_t
+    # ref [0,5] vs hyp [0,4], n=10: one near miss spanning 1 -> 1 - (0 + 1/2) / (0 + 1 + 0) = 0.5
+    assert M.boundary_similarity([0, 5], [0, 4], 10) == pytest.approx(0.5)
+    # ref [0,5] vs hyp [0,2,5]: one match, one addition -> 1 - 1 / (1 + 0 + 1) = 0.5
+    assert M.boundary_similarity([0, 5], [0, 2, 5], 10) == pytest.approx(0.5)
+    # off by 2 is beyond n_t: two additions -> 1 - 2/2 = 0
+    assert M.boundary_similarity([0, 5], [0, 3], 10) == 0.0
+    assert M.boundary_similarity([0, 5], [0], 10) == 0.0
+    assert M.boundary_similarity([0], [0], 10) == 1.0  # segeval itself crashes here
+    assert M.masses([0, 3, 7], 10) == [3, 4, 3]
+
+
+def test_count_error():
+    assert M.count_error([0, 5, 9], [0]) == -2
+    assert M.count_error([0], [0, 1, 2]) == 2
+
+
+def test_identity_properties():
+    rng = random.Random(2)
+    for _ in range(20):
+        n = rng.randint(2, 60)
+        b = _random_seg(rng, n)
+        for k in (0, 1, 5):
+            assert M.boundary_prf(b, b, k)[2] == 1.0
+        assert M.pk(b, b, n) == 0.0
+        assert M.windowdiff(b, b, n) == 0.0
+        assert M.boundary_similarity(b, b, n) == 1.0
+
+
+# --- titles ------------------------------------------------------------------------------------------
+
+
+def test_title_rouge_l():
+    ref = [(0, "Intro"), (10, "Budget review"), (30, "Wrap up")]
+    hyp = [(0, "Intro"), (11, "Reviewing the budget")]
+    # pairs (0,0) and (10,11); 30 unmatched. "Intro" = 1.0.
+    # stemmed tokens [budget, review] vs [review, the, budget]: LCS = 1 -> P=1/3, R=1/2, F=0.4
+    # mean = (1.0 + 0.4) / 2 = 0.7
+    assert M.title_rouge_l(ref, hyp, 1) == pytest.approx(0.7)
+    assert M.title_rouge_l(ref, hyp, 0) == pytest.approx(1.0)  # only the chapter at 0 matches
+    assert M.title_rouge_l(ref, [], 5) is None
+
+
+# --- score / aggregate -------------------------------------------------------------------------------
+
+
+def _transcript(n: int = 20, times: bool = True) -> Transcript:
+    segs = [
+        Segment(text=f"s{i}", start=10.0 * i if times else None, end=10.0 * i + 9 if times else None)
+        for i in range(n)
+    ]
+    chs = [
+        Chapter(title="Intro", start_segment=0),
+        Chapter(title="Budget", start_segment=8),
+        Chapter(title="Wrap up", start_segment=15),
+    ]
+    return Transcript(id="t1", segments=segs, chapters=chs)
+
+
+def _pred(chs: list[tuple[int, str]], **meta) -> Prediction:
+    return Prediction(
+        id="t1",
+        model="test",
+        meta=meta,
+        chapters=[PredictedChapter(start_segment=s, title=t) for s, t in chs],
+    )
+
+
+KEYS = {
+    "f1_k1",
+    "precision_k1",
+    "recall_k1",
+    "f1_k5",
+    "precision_k5",
+    "recall_k5",
+    "f1_3s",
+    "f1_5s",
+    "pk",
+    "windowdiff",
+    "boundary_similarity",
+    "count_error",
+    "abs_count_error",
+    "n_ref",
+    "n_hyp",
+    "title_rouge_l",
+    "parsed_clean",
+    "repaired",
+    "unusable",
+}
+
+
+def test_score_perfect():
+    t = _transcript()
+    s = M.score(t, _pred([(c.start_segment, c.title) for c in t.chapters]))
+    assert set(s) == KEYS
+    assert s["f1_k1"] == s["f1_k5"] == s["f1_3s"] == s["f1_5s"] == 1.0
+    assert s["pk"] == s["windowdiff"] == 0.0 and s["boundary_similarity"] == 1.0
+    assert s["count_error"] == s["abs_count_error"] == 0.0 and s["n_ref"] == s["n_hyp"] == 3.0
+    assert s["title_rouge_l"] == 1.0
+    assert (s["parsed_clean"], s["repaired"], s["unusable"]) == (1.0, 0.0, 0.0)
+
+
+def test_score_imperfect():
+    t = _transcript()  # ref boundaries 0, 8, 15 over 20 segments, 10 s apart
+    p = _pred([(0, "Intro"), (10, "Budget"), (13, "Costs"), (16, "Wrap-up")], health="repaired")
+    # start time given on the prediction wins over the segment's: 10 -> 79 s instead of 100 s
+    p.chapters[1].start = 79.0
+    s = M.score(t, p)
+    # k=1: R={8,15}, H={10,13,16}: 15-16 only -> P=1/3, R=1/2, F=0.4
+    # k=5: 8-10, 15-16 -> P=2/3, R=1, F=0.8
+    assert (s["precision_k1"], s["recall_k1"], s["f1_k1"]) == pytest.approx((1 / 3, 1 / 2, 0.4))
+    assert (s["precision_k5"], s["recall_k5"], s["f1_k5"]) == pytest.approx((2 / 3, 1.0, 0.8))
+    # times: R={80,150}, H={79,130,160}; 3 s: 80-79 -> P=1/3, R=1/2, F=0.4; 5 s: same
+    assert s["f1_3s"] == pytest.approx(0.4) and s["f1_5s"] == pytest.approx(0.4)
+    assert s["count_error"] == 1.0 and s["abs_count_error"] == 1.0
+    assert 0 < s["pk"] < 1 and 0 < s["windowdiff"] < 1 and 0 < s["boundary_similarity"] < 1
+    # titles matched within 5: Intro-Intro 1.0, Budget-Budget 1.0, "Wrap up"-"Wrap-up" 1.0 -> 1.0
+    assert s["title_rouge_l"] == pytest.approx(1.0)
+    assert (s["parsed_clean"], s["repaired"], s["unusable"]) == (0.0, 1.0, 0.0)
+
+
+def test_score_single_chapter_no_times_and_empty():
+    t = _transcript(times=False)
+    s = M.score(t, _pred([(0, "Everything")]))
+    assert s["f1_k1"] == s["f1_k5"] == 0.0 and s["pk"] > 0
+    assert s["f1_3s"] is None and s["f1_5s"] is None
+    # an empty (unusable) prediction scores as one chapter; no titles to compare
+    e = M.score(t, _pred([], health="unusable"))
+    assert e["n_hyp"] == 1.0 and e["f1_k5"] == 0.0 and e["title_rouge_l"] is None and e["unusable"] == 1.0
+    with pytest.raises(ValueError):
+        M.score(t, _pred([(0, "x")], health="weird"))
+    with pytest.raises(ValueError):
+        M.score(Transcript(id="x", segments=t.segments), _pred([(0, "x")]))
+
+
+def test_aggregate():
+    rows = [
+        {"f1_k5": v, "f1_3s": None if i % 2 else v, "unusable": float(i == 0)}
+        for i, v in enumerate([0.2, 0.5, 0.9, 0.4, 0.7, 0.1, 0.8])
+    ]
+    a = M.aggregate(rows, n_boot=500, seed=3)
+    assert a == M.aggregate(rows, n_boot=500, seed=3)  # deterministic
+    assert a != M.aggregate(rows, n_boot=500, seed=4)
+    assert a["f1_k5"]["mean"] == pytest.approx(3.6 / 7)
+    assert a["f1_3s"]["mean"] == pytest.approx((0.2 + 0.9 + 0.7 + 0.8) / 4) and a["f1_3s"]["n"] == 4
+    assert a["unusable"]["mean"] == pytest.approx(1 / 7)  # a share
+    for m in a.values():
+        assert m["lo"] <= m["mean"] <= m["hi"]
+    assert M.aggregate([]) == {}
+    assert "f1_3s" not in M.aggregate([{"f1_k5": 1.0, "f1_3s": None}])
+    one = M.aggregate([{"f1_k5": 0.3}])["f1_k5"]
+    assert one["lo"] == one["mean"] == one["hi"] == 0.3
+
+
+def test_score_rows_aggregate_end_to_end():
+    t = _transcript()
+    rows = [M.score(t, _pred([(0, "a"), (s, "b")])) for s in (7, 8, 12)]
+    a = M.aggregate(rows)
+    assert set(a) == KEYS and M.PRIMARY in a
+    assert M.LOWER_IS_BETTER <= KEYS
