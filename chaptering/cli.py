@@ -60,6 +60,55 @@ def predict(
     typer.echo(f"wrote {n} predictions to {out} (model {chapterer.name})", err=True)
 
 
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled transcripts (JSONL)")] = Path(
+        "data/eval/heldout.jsonl"
+    ),
+    model: Annotated[
+        Optional[list[str]], typer.Option("--model", "-m", help="Repeat to compare: base, champion, PATH, baseline:NAME")
+    ] = None,
+    compare: Annotated[Optional[list[str]], typer.Option("--compare", help="More models for one table")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for report.md/json, plots")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the aggregate report as JSON")] = False,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N transcripts (smoke runs)")] = None,
+    set: SetOpt = None,
+) -> None:
+    """Score one or more models on a labelled set (F1@k, Pk, WindowDiff, B, titles, output health)."""
+    import json
+
+    from chaptering.evaluate import evaluate as run_eval
+    from chaptering.evaluate import markdown_table, plot_compare, write_report
+    from chaptering.io import InputError, read_transcripts
+    from chaptering.predict import load_chapterer
+
+    settings = _settings(set)
+    specs = (model or []) + (compare or []) or ["base"]
+    try:
+        transcripts = read_transcripts(data)[:limit]
+    except (InputError, FileNotFoundError) as e:
+        _fail(str(e))
+    reports = []
+    for spec in specs:
+        try:
+            chapterer = load_chapterer(spec, settings)
+            report, predictions = run_eval(chapterer, transcripts, data_name=str(data))
+        except (ValueError, LookupError) as e:
+            _fail(str(e))
+        reports.append(report)
+        if out is not None:
+            sub = out if len(specs) == 1 else out / spec.replace(":", "-").replace("/", "_")
+            write_report(report, predictions, transcripts, sub)
+    if out is not None and len(reports) > 1:
+        plot_compare(reports, out / "compare.png")
+        (out / "compare.md").write_text(markdown_table(reports) + "\n")
+    if as_json:
+        typer.echo(json.dumps([{"model": r.model, "data": r.data, "fingerprint": r.data_fingerprint,
+                                "aggregate": r.aggregate} for r in reports], indent=2))
+    else:
+        typer.echo(markdown_table(reports))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -1,0 +1,52 @@
+"""Shared fixtures: the real tokenizer (from the embedded model) on a tiny random model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chaptering.config import PROJECT_ROOT, ModelSettings, Settings
+
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> Path:
+    """The converted SmolLM2 folder (converted once into the project cache, ~20 s the first time)."""
+    from chaptering.models import convert_embedded
+
+    return convert_embedded(PROJECT_ROOT / "state" / "cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(embedded_dir: Path, tmp_path_factory) -> Path:
+    from chaptering.models import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", tokenizer_source=str(embedded_dir))
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tiny_dir: Path) -> Settings:
+    return Settings(
+        state_dir=tmp_path / "state",
+        model=ModelSettings(base=str(tiny_dir), context_tokens=512, max_new_tokens=24),
+    ).prepare()

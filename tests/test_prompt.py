@@ -1,0 +1,96 @@
+import json
+
+from hypothesis import given, settings as hsettings, strategies as st
+
+from chaptering import prompt
+from factories import make_transcript
+
+
+def test_render_line_numbers_time_and_cut():
+    assert prompt.render_line(3, "hello  world", 221.7) == "[3] (03:41) hello world"
+    assert prompt.render_line(0, "x", 3725) == "[0] (1:02:05) x"
+    assert prompt.render_line(1, "no time", None) == "[1] no time"
+    long = " ".join(["w"] * (prompt.LINE_WORDS + 5))
+    assert prompt.render_line(0, long, None).endswith("…")
+
+
+def test_window_lines_are_relative_and_chapters_follow():
+    t = make_transcript(30, (0, 10, 20))
+    lines = prompt.window_lines(t, 10, 25)
+    assert lines[0].startswith("[0] (00:20)") and len(lines) == 15
+    assert prompt.window_chapters(t, 10, 25) == [(0, "Topic 1"), (10, "Topic 2")]
+    # a window opening mid-chapter gets that chapter at 0
+    assert prompt.window_chapters(t, 15, 30) == [(0, "Topic 1"), (5, "Topic 2")]
+
+
+def test_answer_round_trip_is_clean():
+    pairs = [(0, "Intro"), (7, "Budget review")]
+    res = prompt.parse_answer(prompt.render_answer(pairs), 20)
+    assert res.chapters == pairs and res.health == "clean" and res.repairs == []
+
+
+def test_parser_repairs_and_reports():
+    text = 'Sure! Here you go:\n```json\n[{"start": 2, "title": "  Intro "}, {"start": 9, "title": "B"},]\n```'
+    res = prompt.parse_answer(text, 20)
+    assert res.chapters == [(0, "Intro"), (9, "B")]
+    assert res.health == "repaired"
+    assert {"stripped code fence", "removed trailing comma", "moved first chapter to 0", "trimmed title"} <= set(
+        res.repairs
+    )
+
+
+def test_parser_drops_bad_starts():
+    res = prompt.parse_answer('[{"start":0,"title":"a"},{"start":5,"title":"b"},{"start":3,"title":"c"},'
+                              '{"start":99,"title":"d"},{"start":"x","title":"e"}]', 10)
+    assert res.chapters == [(0, "a"), (5, "b")]
+    assert "dropped non-increasing start 3" in res.repairs
+    assert "dropped out-of-range start 99" in res.repairs
+
+
+def test_parser_closes_truncated_output():
+    res = prompt.parse_answer('[{"start": 0, "title": "Intro"}, {"start": 4, "title": "Next"}, {"start": 8, "ti', 10)
+    assert res.chapters == [(0, "Intro"), (4, "Next")] and "closed truncated list" in res.repairs
+
+
+def test_parser_unusable_on_prose():
+    res = prompt.parse_answer("I think the video is about cooking. It has parts.", 10)
+    assert res.health == "unusable" and res.chapters == [(0, "Chapter 1")]
+
+
+@given(st.text(max_size=300), st.integers(min_value=1, max_value=500))
+@hsettings(max_examples=300, deadline=None)
+def test_parser_never_crashes_and_output_is_valid(text, n):
+    res = prompt.parse_answer(text, n)
+    starts = [s for s, _ in res.chapters]
+    assert starts[0] == 0 and all(0 <= s < n for s in starts)
+    assert all(b > a for a, b in zip(starts, starts[1:]))
+    assert all(t and len(t) <= prompt.MAX_TITLE_CHARS for _, t in res.chapters)
+    assert res.health in ("clean", "repaired", "unusable")
+
+
+@given(st.lists(st.fixed_dictionaries({"start": st.integers(-5, 60), "title": st.text(max_size=30)}), max_size=12))
+@hsettings(max_examples=200, deadline=None)
+def test_parser_on_json_lists(items):
+    res = prompt.parse_answer(json.dumps(items), 50)
+    starts = [s for s, _ in res.chapters]
+    assert starts[0] == 0 and all(b > a for a, b in zip(starts, starts[1:]))
+
+
+def test_fit_window_and_next_start():
+    counts = [10] * 100
+    assert prompt.fit_window(counts, 0, 95) == 9
+    assert prompt.fit_window([500, 1], 0, 95) == 1  # one over-long line still makes progress
+    assert prompt.next_window_start(0, 40, 30) == (30, False)
+    assert prompt.next_window_start(0, 40, 5) == (40, True)  # restarting at 5 would crawl
+
+
+def test_seed_parser_fuzzy_matches_start_text():
+    t = make_transcript(30, (0, 10, 20))
+    answer = json.dumps([
+        {"title": "A", "start_text": "sentence number 0 about topic 0"},
+        {"title": "B", "start_text": "Sentence number 10 about topic 1."},
+        {"title": "C", "start_text": "something the model made up entirely"},
+    ])
+    res = prompt.parse_seed_answer(answer, t, 0, 30)
+    assert res.chapters == [(0, "A"), (10, "B")]
+    assert "start_text matched no segment" in res.repairs and res.health == "repaired"
