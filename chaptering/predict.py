@@ -30,7 +30,7 @@ class LLMChapterer:
         self.max_new_tokens, self.style = max_new_tokens, style
         limit = getattr(model.config, "max_position_embeddings", context_tokens) or context_tokens
         self.context_tokens = min(context_tokens, limit)
-        overhead = len(self._encode(self._messages_for([]))["input_ids"][0])
+        overhead = prompt.overhead_tokens(tokenizer, self._messages_for([]))
         self.line_budget = self.context_tokens - overhead - max_new_tokens
         if self.line_budget < 32:
             raise ValueError(f"context of {self.context_tokens} tokens leaves no room for transcript lines")
@@ -44,11 +44,6 @@ class LLMChapterer:
         return self.tok.apply_chat_template(
             msgs, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
         )
-
-    def line_tokens(self, t: Transcript) -> list[int]:
-        # Absolute numbering has at least as many digits as window-relative: a safe over-estimate.
-        lines = [prompt.render_line(i, s.text, s.start) + "\n" for i, s in enumerate(t.segments)]
-        return [len(ids) for ids in self.tok(lines, add_special_tokens=False)["input_ids"]]
 
     def generate(self, msgs: list[dict[str, str]]) -> tuple[str, int]:
         import torch
@@ -73,7 +68,7 @@ class LLMChapterer:
 
     def predict(self, t: Transcript) -> Prediction:
         t0 = time.perf_counter()
-        counts = self.line_tokens(t)
+        counts = prompt.line_token_counts(self.tok, t)
         chapters: list[tuple[int, str]] = []
         healths: list[str] = []
         repairs: list[str] = []

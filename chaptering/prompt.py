@@ -97,6 +97,34 @@ def next_window_start(start: int, end: int, last_chapter: int) -> tuple[int, boo
     return end, True
 
 
+def line_token_counts(tokenizer: Any, t: Transcript) -> list[int]:
+    """Tokens per rendered line. Absolute numbering has at least as many digits as window-relative
+    numbering, so this over-estimates slightly: windows never overflow."""
+    lines = [render_line(i, s.text, s.start) + "\n" for i, s in enumerate(t.segments)]
+    return [len(ids) for ids in tokenizer(lines, add_special_tokens=False)["input_ids"]]
+
+
+def overhead_tokens(tokenizer: Any, msgs: list[dict[str, str]] | None = None) -> int:
+    """Tokens of the chat scaffolding around an empty window (system, instruction, generation prompt)."""
+    enc = tokenizer.apply_chat_template(
+        msgs if msgs is not None else messages([]), add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    return len(enc["input_ids"])
+
+
+def reference_windows(t: Transcript, counts: Sequence[int], budget: int) -> list[tuple[int, int]]:
+    """The windows inference would walk if the model predicted the reference chapters exactly."""
+    out, start = [], 0
+    while start < len(t.segments):
+        end = fit_window(counts, start, budget)
+        out.append((start, end))
+        if end >= len(t.segments):
+            break
+        last = max(c.start_segment for c in t.chapters or [] if c.start_segment < end) if t.chapters else 0
+        start, _ = next_window_start(start, end, last)
+    return out
+
+
 @dataclass
 class ParseResult:
     chapters: list[tuple[int, str]]  # relative starts, validated
