@@ -36,7 +36,7 @@ write(OUT / "train" / "qmsum-train.jsonl", qmsum_train[:40])
 write(OUT / "train" / "lectures.jsonl", rows(SHARED / "video" / "lectures.jsonl"))
 write(OUT / "train" / "tinyrec-dev.jsonl", rows(SHARED / "video" / "tinyrec-dev.jsonl"))
 qmsum_val = sorted(rows(SHARED / "qmsum" / "qmsum-val.jsonl"), key=lambda r: h(r["id"]))
-write(OUT / "eval" / "heldout.jsonl", eval_video + qmsum_val[:10])
+write(OUT / "eval" / "heldout.jsonl", eval_video + qmsum_val[:6])
 (OUT / "demo").mkdir(exist_ok=True)
 shutil.copy(SHARED / "demo" / "seed-home-tour.vtt", OUT / "demo" / "seed-home-tour.vtt")
 for lic in ["qmsum/LICENSE", "video/LICENSE-lectures", "video/LICENSE-tinyrec", "video/LICENSE-vidchapters-subset"]:

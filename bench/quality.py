@@ -1,0 +1,55 @@
+"""The README's quality table in one command: `python bench/quality.py [--model EXTRA ...]`.
+
+Floors, TextTiling, embedding valleys, the base model with the seed's prompt and with ours, and the
+champion when one exists, all on the held-out set. Greedy decoding and seeded baselines: the same
+command gives the same numbers. Each model's report is kept under bench/results/quality/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from chaptering.config import get_settings
+from chaptering.evaluate import evaluate, markdown_table, plot_compare, write_report
+from chaptering.io import read_transcripts
+from chaptering.predict import load_chapterer
+
+DEFAULT = ["baseline:random", "baseline:single", "baseline:equal", "baseline:texttiling",
+           "baseline:embedding", "baseline:seed", "base"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--data", type=Path, default=None)
+    ap.add_argument("--model", action="append", default=[], help="extra models (champion, PATH, models:/...)")
+    ap.add_argument("--only", action="append", default=None, help="run just these models")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "quality")
+    args = ap.parse_args()
+    settings = get_settings().prepare()
+    data = args.data or settings.data.eval_path
+    transcripts = read_transcripts(data)
+    specs = args.only or DEFAULT + args.model
+    reports = []
+    for spec in specs:
+        try:
+            chapterer = load_chapterer(spec, settings)
+        except LookupError as e:  # e.g. no champion yet
+            print(f"skip {spec}: {e}")
+            continue
+        report, predictions = evaluate(chapterer, transcripts, data_name=str(data))
+        write_report(report, predictions, transcripts, args.out / spec.replace(":", "-").replace("/", "_"))
+        reports.append(report)
+        print(markdown_table([report]).splitlines()[-1], flush=True)
+    table = markdown_table(reports)
+    (args.out / "table.md").write_text(table + "\n")
+    plot_compare(reports, args.out / "compare.png")
+    (args.out / "summary.json").write_text(json.dumps(
+        {r.model: {k: v for k, v in r.aggregate.items()} for r in reports}, indent=2))
+    print(f"\nheld-out: {data} ({len(transcripts)} transcripts, fingerprint {reports[0].data_fingerprint})\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
