@@ -109,6 +109,100 @@ def evaluate(
         typer.echo(markdown_table(reports))
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Build training data without Prefect.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("build")
+def data_build(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for datasets, stats and quarantine")],
+    input: Annotated[Optional[list[Path]], typer.Option("--input", "-i", help="Folders/files of transcripts")] = None,
+    set: SetOpt = None,
+) -> None:
+    """Ingest, curate, augment and build the SFT/DPO/KTO datasets (the flow's data stages, no Prefect)."""
+    import json
+
+    from chaptering import pipeline
+
+    settings = _settings(set)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quarantine.jsonl").unlink(missing_ok=True)
+    ingested = pipeline.ingest_stage(settings, out, input or None, full=True)
+    curated = pipeline.curate_stage(settings, out, standalone=True)
+    build = pipeline.dataset_stage(settings, out, standalone=True)
+    stats = {"ingest": ingested, "curate": curated, "datasets": str(build.dir), "fingerprint": build.fingerprint,
+             "fingerprints": build.fingerprints, "reused": build.reused, **build.stats}
+    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    typer.echo(json.dumps({k: stats[k] for k in ("ingest", "curate", "datasets", "fingerprint", "reused")}, indent=2))
+
+
+@app.command()
+def retrain(
+    force: Annotated[bool, typer.Option(help="Train even if the data has not changed")] = False,
+    max_steps: Annotated[Optional[int], typer.Option(help="SFT optimizer steps")] = None,
+    base_model: Annotated[Optional[str], typer.Option(help="embedded, a hub id or a local folder")] = None,
+    input: Annotated[Optional[list[Path]], typer.Option("--input", "-i", help="Extra transcript folders")] = None,
+    set: SetOpt = None,
+) -> None:
+    """Run the nightly flow once, end to end (Prefect ephemeral API unless PREFECT_API_URL is set)."""
+    _settings(set)  # validates overrides and points PREFECT_HOME at the state folder before Prefect loads
+    from flows.nightly import nightly_retrain
+
+    result = nightly_retrain(base_model=base_model, max_steps=max_steps, force=force,
+                             inputs=[str(p) for p in input] if input else None, overrides=set or None)
+    typer.echo(f"run folder: {result['run_dir']}")
+
+
+@app.command()
+def models(set: SetOpt = None) -> None:
+    """Registered versions with their metrics and decisions, side by side."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from chaptering import registry
+
+    settings = _settings(set)
+    rows = registry.list_versions(settings)
+    if not rows:
+        typer.echo("no registered versions yet: run `chaptering retrain`")
+        return
+    table = Table(title=f"registered model {settings.registered_model!r}")
+    for col in ("version", "aliases", "created", "decision", "F1@5", "Pk", "unusable"):
+        table.add_column(col)
+    for r in rows:
+        m = r.get("metrics", {})
+        table.add_row(str(r["version"]), ",".join(r.get("aliases", [])), str(r.get("created", ""))[:19],
+                      str(r.get("decision", "")), *(f"{m[k]:.3f}" if k in m else "–"
+                                                   for k in ("f1_k5", "pk", "unusable")))
+    Console().print(table)
+
+
+@app.command()
+def promote(version: str, set: SetOpt = None) -> None:
+    """Move the `champion` alias to VERSION (a manual override of the gate, recorded on the version)."""
+    from chaptering import registry
+
+    settings = _settings(set)
+    try:
+        registry.promote(version, settings, reason="manual promotion from the CLI")
+    except (LookupError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"champion -> version {version}")
+
+
+@app.command()
+def rollback(set: SetOpt = None) -> None:
+    """Move `champion` back to the previous champion."""
+    from chaptering import registry
+
+    settings = _settings(set)
+    try:
+        version = registry.rollback(settings)
+    except (LookupError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"champion -> version {version}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

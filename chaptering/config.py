@@ -65,6 +65,8 @@ class TrainSettings(BaseModel):
     grad_accum: int = 4
     max_length: int = 1024
     save_steps: int = 25
+    single_chapter_weight: float = 0.25  # down-weight windows with no boundary when sampling the budget
+    balance_sources: bool = True
     gradient_checkpointing: bool = False
     dpo_beta: float = 0.1
     dpo_steps: int = 20

@@ -203,9 +203,13 @@ def train_sft(
     from trl import SFTConfig, SFTTrainer
 
     t0 = time.perf_counter()
+    from chaptering.datasets import sample_rows
+
+    if max_samples is not None and "n_chapters" in dataset.column_names:
+        dataset = sample_rows(dataset, max_samples, cfg.seed, cfg.single_chapter_weight, cfg.balance_sources)
+    elif max_samples is not None:
+        dataset = dataset.shuffle(seed=cfg.seed).select(range(min(max_samples, len(dataset))))
     ds = dataset.select_columns(["prompt", "completion"]).shuffle(seed=cfg.seed)
-    if max_samples is not None:
-        ds = ds.select(range(min(max_samples, len(ds))))
     model, tok = load_for_training(base, cfg, backend)
     args = SFTConfig(
         **_common_args(cfg, out_dir, cfg.max_steps, cfg.learning_rate),

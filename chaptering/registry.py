@@ -1,0 +1,648 @@
+"""MLflow: log a trained adapter as a model, register it, gate it, move the `champion` alias, roll back.
+
+The serving side only ever asks for `models:/<name>@champion`, so every decision about what users see is
+one alias move here, recorded as tags on the version it concerns (who, why, when, what it replaced).
+
+Adapters are logged through `mlflow.pyfunc` (a `PythonModel` with the adapter folder as an artifact and
+the base model as a reference), never `mlflow.transformers`: on a PeftModel the latter loses every base
+weight on reload (DESIGN.md, "Known pitfalls"). mlflow is imported inside functions so that the CLI and
+the light tests start fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from chaptering.config import PROJECT_ROOT
+
+if TYPE_CHECKING:  # pragma: no cover
+    from chaptering.config import GateSettings, Settings
+    from chaptering.evaluate import Report
+
+EXPERIMENT = "chaptering"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+MODEL_NAME = "model"  # the logged model's name inside its run
+REPORT_ARTIFACT = "eval/report.json"
+NO_CHAMPION = "no champion yet: run `chaptering retrain` first"
+# Only these travel with an adapter: weights as safetensors, configs, tokenizer, chat template, notes.
+_ADAPTER_SUFFIXES = {".safetensors", ".json", ".txt", ".model", ".jinja", ".md"}
+_TAG_LIMIT = 5000  # MLflow's model-version tag values are bounded; keep under the strictest store's limit
+
+
+# --- setup ---------------------------------------------------------------------------------------
+
+
+def _is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
+def configure(settings: Settings) -> str:
+    """Point MLflow at the settings' store and select the `chaptering` experiment; returns its id.
+
+    On a local store the experiment gets an explicit artifact location in the state folder, or MLflow
+    would write ./mlruns under whatever the current directory is. A tracking server decides artifact
+    locations itself (`--serve-artifacts` gives `mlflow-artifacts:/`), so none is imposed there.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = settings.tracking_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        location = None
+        if not _is_remote(uri):
+            settings.artifact_root.mkdir(parents=True, exist_ok=True)
+            location = settings.artifact_root.resolve().as_uri()
+        exp_id = client.create_experiment(EXPERIMENT, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+        if exp.lifecycle_stage == "deleted":  # someone deleted it in the UI: bring it back, keep history
+            client.restore_experiment(exp_id)
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def _client(settings: Settings) -> Any:
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def _not_found(err: Exception) -> bool:
+    return getattr(err, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
+
+
+# --- the logged model ----------------------------------------------------------------------------
+
+
+def _rows_from_input(model_input: Any) -> list[dict[str, Any]]:
+    """Accept what callers naturally have: a DataFrame with a `transcript` JSON column, a list of
+    transcript dicts (or JSON strings, or {"transcript": ...} rows), or one transcript dict."""
+    if hasattr(model_input, "to_dict") and hasattr(model_input, "columns"):  # a pandas DataFrame
+        if "transcript" in model_input.columns:
+            values = list(model_input["transcript"])
+        else:  # a DataFrame of transcript fields, one transcript per row
+            values = model_input.to_dict(orient="records")
+    elif isinstance(model_input, dict):
+        values = [model_input.get("transcript", model_input)]
+    else:
+        values = list(model_input)
+    rows = []
+    for v in values:
+        if isinstance(v, dict) and set(v) == {"transcript"}:
+            v = v["transcript"]
+        rows.append(json.loads(v) if isinstance(v, (str, bytes)) else dict(v))
+    return rows
+
+
+def _define_model_class() -> type:
+    """Build the pyfunc class on first use, so importing this module does not import mlflow."""
+    import mlflow.pyfunc
+
+    class ChapteringModel(mlflow.pyfunc.PythonModel):
+        """Base model reference + LoRA adapter, as one pyfunc model: `load_model("models:/NAME@champion")`.
+
+        Only the adapter (safetensors) and tokenizer are stored; the base is resolved at load time from
+        `model_config["base_model"]` ("embedded", a local folder or a hub id), so a version is megabytes,
+        not the base model's gigabytes.
+        """
+
+        def load_context(self, context: Any) -> None:
+            from chaptering.config import get_settings
+            from chaptering.models import load_model, load_tokenizer, resolve_base
+            from chaptering.predict import LLMChapterer
+
+            cfg = dict(context.model_config or {})
+            adapter = Path(context.artifacts["adapter"])
+            _check_safetensors_only(adapter)
+            cache_dir = Path(cfg["cache_dir"]) if cfg.get("cache_dir") else get_settings().cache_dir
+            base = resolve_base(cfg.get("base_model", "embedded"), cache_dir)
+            model, tok = load_model(base, adapter=adapter, dtype=cfg.get("dtype", "float32"))
+            if (adapter / "tokenizer_config.json").is_file():  # the chat template it was trained with
+                tok = load_tokenizer(str(adapter))
+            self.chapterer = LLMChapterer(
+                model, tok, str(cfg.get("model_name", "chaptering")),
+                context_tokens=int(cfg.get("context_tokens", 1024)),
+                max_new_tokens=int(cfg.get("max_new_tokens", 160)),
+            )
+
+        def predict(self, context, model_input, params: dict[str, Any] | None = None) -> Any:
+            """One row per transcript: id, chapters (JSON list of {title, start_segment, start}), model, health."""
+            import pandas as pd
+
+            from chaptering.schema import Transcript
+
+            out = []
+            for row in _rows_from_input(model_input):
+                p = self.chapterer.predict(Transcript.model_validate(row))
+                out.append({
+                    "id": p.id,
+                    "chapters": json.dumps([c.model_dump() for c in p.chapters], ensure_ascii=False),
+                    "model": p.model,
+                    "health": str(p.meta.get("health", "")),
+                })
+            return pd.DataFrame(out, columns=["id", "chapters", "model", "health"])
+
+    # Pickled by reference (module + name), resolved on load through the module __getattr__ below.
+    ChapteringModel.__module__, ChapteringModel.__qualname__ = __name__, "ChapteringModel"
+    return ChapteringModel
+
+
+def _model_class() -> type:
+    if "ChapteringModel" not in globals():
+        globals()["ChapteringModel"] = _define_model_class()
+    return globals()["ChapteringModel"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ChapteringModel":
+        return _model_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def signature() -> Any:
+    """Input: a `transcript` column of transcript JSON; output: chapters JSON per transcript."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "transcript")]),
+        outputs=Schema([ColSpec("string", c) for c in ("id", "chapters", "model", "health")]),
+    )
+
+
+def _check_safetensors_only(adapter: Path) -> None:
+    """Refuse pickled weights: a registry artifact must not be able to run code when loaded."""
+    if not (adapter / "adapter_model.safetensors").is_file():
+        raise ValueError(f"{adapter}: no adapter_model.safetensors (only safetensors adapters are accepted)")
+    pickles = [p.name for p in adapter.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
+    if pickles:
+        raise ValueError(f"{adapter}: pickled weight files are not accepted: {pickles}")
+
+
+def _stage_adapter(adapter_dir: Path, base_model: str, cache_dir: Path, into: Path) -> Path:
+    """Copy the adapter's own files (no checkpoints, no pickles) and make sure the tokenizer and chat
+    template travel with it, so serving renders prompts exactly as training did."""
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ValueError(f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json)")
+    out = into / "adapter"
+    out.mkdir(parents=True)
+    for f in adapter_dir.iterdir():
+        if f.is_file() and f.suffix in _ADAPTER_SUFFIXES:
+            shutil.copy2(f, out / f.name)
+    _check_safetensors_only(out)
+    if not (out / "tokenizer_config.json").is_file():
+        from chaptering.models import load_tokenizer, resolve_base
+
+        load_tokenizer(resolve_base(base_model, cache_dir)).save_pretrained(str(out))
+    return out
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned to what logged the model (local build tags like +cpu dropped); saves MLflow's slow
+    requirement inference, which would load the model in a subprocess."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for pkg in ("mlflow", "torch", "transformers", "peft", "safetensors", "pandas", "pydantic"):
+        try:
+            reqs.append(f"{pkg}=={version(pkg).split('+')[0]}")
+        except PackageNotFoundError:
+            reqs.append(pkg)
+    return reqs
+
+
+def git_commit() -> str:
+    """The code version behind a model, best effort: "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+# --- logging a candidate -------------------------------------------------------------------------
+
+
+@dataclass
+class Candidate:
+    """What `log_candidate` registered: enough to gate it, promote it, or find it in the UI."""
+
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def _tag_value(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+    return s[:_TAG_LIMIT]
+
+
+def log_candidate(
+    adapter_dir: Path,
+    base_model: str,
+    report: Report | None,
+    params: dict[str, Any],
+    tags: dict[str, Any],
+    plots: list[Path],
+    settings: Settings,
+    run_id: str | None = None,
+) -> Candidate:
+    """Log the adapter as a pyfunc model in the training run (or a new run), register it, tag the version
+    with everything needed to reproduce and compare it, and give it the `challenger` alias.
+
+    `champion` is not touched here: that is `decide_and_promote`'s job, after the gate.
+    """
+    import mlflow
+
+    from chaptering.prompt import PROMPT_VERSION
+
+    configure(settings)
+    client = _client(settings)
+    metrics = report.flat_metrics() if report is not None else {}
+    version_tags: dict[str, str] = {
+        "base_model": base_model,
+        "prompt_version": PROMPT_VERSION,
+        "git_commit": git_commit(),
+        **{k: _tag_value(v) for k, v in tags.items()},
+        **{f"metric.{k}": repr(float(v)) for k, v in metrics.items()},
+    }
+    if report is not None:
+        version_tags.update(eval_data=_tag_value(report.data), eval_fingerprint=report.data_fingerprint)
+
+    with tempfile.TemporaryDirectory(prefix="chaptering-adapter-") as tmp, mlflow.start_run(run_id=run_id) as run:
+        staged = _stage_adapter(adapter_dir, base_model, settings.cache_dir, Path(tmp))
+        # Params are immutable in MLflow: a reused training run may already hold some of these.
+        existing = client.get_run(run.info.run_id).data.params
+        new_params = {k: _tag_value(v)[:6000] for k, v in params.items() if k not in existing}
+        if new_params:
+            mlflow.log_params(new_params)
+        mlflow.set_tags({k: v for k, v in version_tags.items() if not k.startswith("metric.")})
+        if metrics:
+            mlflow.log_metrics(metrics)
+        for plot in plots:
+            if Path(plot).is_file():
+                mlflow.log_artifact(str(plot), artifact_path="eval")
+        if report is not None:  # after the plots: this copy is the one champion_report reads back
+            mlflow.log_text(report.to_json(), REPORT_ARTIFACT)
+        with warnings.catch_warnings():
+            # No input example on purpose (it would load the base model at log time), and the signature
+            # is explicit rather than inferred from type hints.
+            warnings.filterwarnings("ignore", message=".*(input example|type hints).*")
+            info = _log_model(staged, base_model, settings)
+        mv = mlflow.register_model(info.model_uri, settings.registered_model, tags=version_tags)
+    version = str(mv.version)
+    client.set_registered_model_alias(settings.registered_model, CHALLENGER, version)
+    return Candidate(settings.registered_model, version, run.info.run_id, info.model_uri)
+
+
+_MODEL_CODE = """\
+# The chaptering pyfunc entry point ("models from code"): the registry holds no pickled Python.
+import mlflow
+from chaptering.registry import ChapteringModel
+
+mlflow.models.set_model(ChapteringModel())
+"""
+
+
+def _log_model(staged: Path, base_model: str, settings: Settings) -> Any:
+    """Log the staged adapter as a pyfunc model in the active run, from code rather than a pickle."""
+    import mlflow
+
+    from chaptering.prompt import PROMPT_VERSION
+
+    code = staged.parent / "chaptering_model.py"
+    code.write_text(_MODEL_CODE)
+    return mlflow.pyfunc.log_model(
+        name=MODEL_NAME,
+        python_model=str(code),
+        artifacts={"adapter": str(staged)},
+        model_config={
+            "base_model": base_model,
+            "prompt_version": PROMPT_VERSION,
+            "context_tokens": settings.model.context_tokens,
+            "max_new_tokens": settings.model.max_new_tokens,
+            "dtype": settings.model.dtype,
+        },
+        metadata={"base_model": base_model, "prompt_version": PROMPT_VERSION},
+        signature=signature(),
+        pip_requirements=_pip_requirements(),
+    )
+
+
+def find_version(settings: Settings, **tags: str) -> str | None:
+    """Newest version whose tags match all of `tags` (e.g. the same dataset and training config):
+    lets a nightly run with nothing new skip training."""
+    for row in _versions(settings):
+        if all(row.tags.get(k) == str(v) for k, v in tags.items()):
+            return str(row.version)
+    return None
+
+
+# --- the gate ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+_EPS = 1e-9  # 0.392 - 0.382 must count as a gain of 0.010
+
+
+def gate(
+    challenger: Report, champion: Report | None, base: Report | None, gate_settings: GateSettings
+) -> Decision:
+    """Promote only on evidence: beat the champion's F1@5 by a margin without giving back Pk or output
+    health; with no champion yet, beat the zero-shot base model on both F1@5 and Pk."""
+    c_f1, c_pk, c_un = challenger.metric("f1_k5"), challenger.metric("pk"), challenger.metric("unusable")
+    if c_f1 is None or c_pk is None:
+        return Decision(False, ["challenger report lacks f1_k5 or pk: cannot judge it"])
+    ref = champion if champion is not None else base
+    who = "champion" if champion is not None else "base model"
+    if ref is None:
+        return Decision(False, ["no champion and no base-model report to compare against"])
+    if ref.data_fingerprint != challenger.data_fingerprint:
+        return Decision(False, [
+            f"the {who} was evaluated on other data (fingerprint {ref.data_fingerprint} vs "
+            f"{challenger.data_fingerprint}): re-evaluate it on the current held-out set before comparing"
+        ])
+    r_f1, r_pk, r_un = ref.metric("f1_k5"), ref.metric("pk"), ref.metric("unusable")
+    if r_f1 is None or r_pk is None:
+        return Decision(False, [f"the {who} report lacks f1_k5 or pk: cannot compare"])
+    checks: list[tuple[bool, str]] = []
+    gain, dpk = c_f1 - r_f1, c_pk - r_pk
+    if champion is not None:
+        m = gate_settings.min_f1_gain
+        ok = gain >= m - _EPS
+        checks.append((ok, f"F1@5 {c_f1:.3f} vs champion {r_f1:.3f}: {gain:+.3f} {'>=' if ok else '<'} margin {m:.3f}"))
+        m = gate_settings.max_pk_regression
+        ok = dpk <= m + _EPS
+        checks.append((ok, f"Pk {c_pk:.3f} vs champion {r_pk:.3f} (lower is better): {dpk:+.3f} "
+                           f"{'<=' if ok else '>'} allowed regression {m:.3f}"))
+        if c_un is not None and r_un is not None:
+            m, du = gate_settings.max_unusable_regression, c_un - r_un
+            ok = du <= m + _EPS
+            checks.append((ok, f"unusable share {c_un:.3f} vs champion {r_un:.3f}: {du:+.3f} "
+                               f"{'<=' if ok else '>'} allowed regression {m:.3f}"))
+    else:
+        ok = gain > 0
+        checks.append((ok, f"F1@5 {c_f1:.3f} vs base model {r_f1:.3f}: {gain:+.3f} "
+                           f"({'better' if ok else 'not better'}; no champion yet)"))
+        ok = dpk < 0
+        checks.append((ok, f"Pk {c_pk:.3f} vs base model {r_pk:.3f} (lower is better): {dpk:+.3f} "
+                           f"({'better' if ok else 'not better'})"))
+    return Decision(all(ok for ok, _ in checks), [("ok: " if ok else "FAIL: ") + text for ok, text in checks])
+
+
+# --- aliases -------------------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _alias_version(client: Any, name: str, alias: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as e:
+        if _not_found(e):
+            return None
+        raise
+
+
+def _get_version(client: Any, name: str, version: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as e:
+        if _not_found(e):
+            raise LookupError(f"model {name!r} has no version {version}") from e
+        raise
+
+
+def champion_version(settings: Settings) -> str | None:
+    """The version the server should be running, or None before the first promotion."""
+    mv = _alias_version(_client(settings), settings.registered_model, CHAMPION)
+    return None if mv is None else str(mv.version)
+
+
+def decide_and_promote(version: str, decision: Decision, settings: Settings) -> None:
+    """Record the verdict on the version; only on `promote`, remember the outgoing champion on the new
+    version (what `rollback` returns to) and move the alias. A refusal leaves `champion` untouched."""
+    client, name, version = _client(settings), settings.registered_model, str(version)
+    _get_version(client, name, version)
+    tag = lambda k, v: client.set_model_version_tag(name, version, k, _tag_value(v))  # noqa: E731
+    tag("decision", "promoted" if decision.promote else "rejected")
+    tag("decision_reasons", "\n".join(decision.reasons))
+    tag("decided_at", _now())
+    if not decision.promote:
+        return
+    current = _alias_version(client, name, CHAMPION)
+    if current is not None and str(current.version) != version:
+        tag("previous_champion", str(current.version))
+    client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def promote(version: str, settings: Settings, reason: str = "manual") -> None:
+    """Make VERSION the champion regardless of the gate; the reason is kept on the version."""
+    decide_and_promote(str(version), Decision(True, [reason]), settings)
+
+
+def rollback(settings: Settings) -> str:
+    """Move `champion` back to the version it replaced (the `previous_champion` tag); returns it."""
+    client, name = _client(settings), settings.registered_model
+    current = _alias_version(client, name, CHAMPION)
+    if current is None:
+        raise LookupError(NO_CHAMPION)
+    previous = current.tags.get("previous_champion")
+    if not previous:
+        raise LookupError(f"version {current.version} (the champion) records no previous champion to roll back to")
+    _get_version(client, name, previous)  # fail clearly if it was deleted
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.set_model_version_tag(name, str(current.version), "decision", "rolled_back")
+    client.set_model_version_tag(name, str(current.version), "rolled_back_at", _now())
+    return str(previous)
+
+
+# --- reading the registry ------------------------------------------------------------------------
+
+
+def _versions(settings: Settings) -> list[Any]:
+    """All versions, newest first (by number: creation times can tie)."""
+    client = _client(settings)
+    name = settings.registered_model.replace("'", "\\'")
+    found = client.search_model_versions(f"name = '{name}'")
+    return sorted(found, key=lambda mv: int(mv.version), reverse=True)
+
+
+def _metrics_from_tags(tags: dict[str, str]) -> dict[str, float]:
+    """`metric.eval_f1_k5` -> `f1_k5`: the metrics a version was gated on, readable without the run."""
+    out = {}
+    for k, v in tags.items():
+        if k.startswith("metric."):
+            key = k[len("metric."):]
+            try:
+                out[key.removeprefix("eval_")] = float(v)
+            except ValueError:
+                continue
+    return out
+
+
+def list_versions(settings: Settings) -> list[dict[str, Any]]:
+    """One dict per version, newest first, for `chaptering models`."""
+    client, name = _client(settings), settings.registered_model
+    versions = _versions(settings)
+    # Search results leave aliases out on some stores: the registered model has the full map.
+    by_version: dict[str, list[str]] = {}
+    if versions:
+        for alias, v in (client.get_registered_model(name).aliases or {}).items():
+            by_version.setdefault(str(v), []).append(alias)
+    rows = []
+    for mv in versions:
+        aliases = set(getattr(mv, "aliases", None) or []) | set(by_version.get(str(mv.version), []))
+        rows.append({
+            "version": str(mv.version),
+            "aliases": sorted(aliases),
+            "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc).isoformat(
+                timespec="seconds"),
+            "decision": mv.tags.get("decision", ""),
+            "decision_reasons": mv.tags.get("decision_reasons", ""),
+            "previous_champion": mv.tags.get("previous_champion"),
+            "base_model": mv.tags.get("base_model"),
+            "prompt_version": mv.tags.get("prompt_version"),
+            "run_id": mv.run_id,
+            "metrics": _metrics_from_tags(mv.tags),
+        })
+    return rows
+
+
+def _resolve_spec(spec: str, settings: Settings) -> Any:
+    """`champion` | `models:/NAME/VERSION` | `models:/NAME/latest` | `models:/NAME@ALIAS` -> ModelVersion."""
+    client = _client(settings)
+    if spec == CHAMPION:
+        name, alias, version = settings.registered_model, CHAMPION, None
+    elif spec.startswith("models:/"):
+        rest = spec[len("models:/"):].strip("/")
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            version = None
+        elif "/" in rest:
+            name, version = rest.rsplit("/", 1)
+            alias = None
+        else:
+            raise ValueError(f"{spec!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    else:
+        raise ValueError(f"{spec!r}: expected champion, models:/NAME/VERSION or models:/NAME@ALIAS")
+    if alias is not None:
+        mv = _alias_version(client, name, alias)
+        if mv is None:
+            raise LookupError(NO_CHAMPION if alias == CHAMPION else f"model {name!r} has no version with alias {alias!r}")
+        return mv
+    if version == "latest":
+        found = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda mv: int(mv.version))
+        if not found:
+            raise LookupError(f"model {name!r} has no versions")
+        return found[-1]
+    return _get_version(client, name, version)
+
+
+def _adapter_in(model_dir: Path) -> Path:
+    """Where pyfunc put the `adapter` artifact inside a downloaded model (it keeps the folder's name)."""
+    from mlflow.models import Model
+
+    conf = Model.load(str(model_dir / "MLmodel")).flavors.get("python_function", {})
+    entry = (conf.get("artifacts") or {}).get("adapter")
+    if entry is None:
+        raise ValueError(f"{model_dir}: this model version has no `adapter` artifact (not a chaptering model)")
+    return model_dir / entry["path"]
+
+
+def fetch_adapter(spec: str, settings: Settings) -> tuple[Path, str, str]:
+    """Download a registered adapter (once: versions are immutable) -> (adapter dir, base model, name).
+
+    The cache key includes the tracking URI: version 3 of one server is not version 3 of another.
+    """
+    import mlflow
+
+    mv = _resolve_spec(spec, settings)
+    name, version = mv.name, str(mv.version)
+    store = hashlib.sha256(settings.tracking_uri.encode()).hexdigest()[:10]
+    dst = settings.cache_dir / "registry" / store / name / version
+    if not (dst / ".complete").is_file():
+        tmp = dst.with_name(version + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp),
+            tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri,
+        )
+        (tmp / ".complete").write_text(_now())
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
+    adapter = _adapter_in(dst)
+    _check_safetensors_only(adapter)
+    base = mv.tags.get("base_model")
+    if not base:
+        from mlflow.models import Model
+
+        base = (Model.load(str(dst / "MLmodel")).metadata or {}).get("base_model", settings.model.base)
+    return adapter, str(base), f"models:/{name}/{version}"
+
+
+def champion_report(settings: Settings) -> Report | None:
+    """The champion's evaluation report as logged with it; None before the first promotion.
+
+    Falls back to the metric tags (means and intervals) for versions registered without report.json.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from chaptering.evaluate import Report
+
+    client, name = _client(settings), settings.registered_model
+    mv = _alias_version(client, name, CHAMPION)
+    if mv is None:
+        return None
+    if mv.run_id:
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=REPORT_ARTIFACT,
+                                                           dst_path=tmp, tracking_uri=settings.tracking_uri)
+                return Report.from_json(Path(path).read_text())
+        except (MlflowException, OSError):
+            pass
+    flat = {k[len("metric.eval_"):]: float(v) for k, v in mv.tags.items() if k.startswith("metric.eval_")}
+    agg = {k: {"mean": v, "lo": flat.get(f"{k}_lo", v), "hi": flat.get(f"{k}_hi", v)}
+           for k, v in flat.items() if not k.endswith(("_lo", "_hi"))}
+    if not agg:
+        return None
+    return Report(f"models:/{name}/{mv.version}", mv.tags.get("eval_data", ""), mv.tags.get("eval_fingerprint", ""),
+                  agg)

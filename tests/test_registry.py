@@ -1,0 +1,243 @@
+"""Registry: log + register adapters, gate, promote, roll back, fetch, load as pyfunc, and a real server.
+
+Everything runs on a tiny random Llama with the real SmolLM2 tokenizer, in a per-test state folder,
+with the current directory moved to tmp so a stray ./mlruns would be caught.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from chaptering import registry
+from chaptering.config import GateSettings, ModelSettings, Settings
+from chaptering.evaluate import Report
+from chaptering.registry import Decision, gate
+from factories import make_transcript
+
+FP = "evalset-fp"
+
+
+def report(f1: float, pk: float, unusable: float = 0.0, fp: str = FP, name: str = "m") -> Report:
+    band = lambda v: {"mean": v, "lo": v - 0.05, "hi": v + 0.05}  # noqa: E731
+    return Report(model=name, data="heldout.jsonl", data_fingerprint=fp,
+                  aggregate={"f1_k5": band(f1), "pk": band(pk), "unusable": band(unusable)})
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_dir: Path, tmp_path_factory) -> Path:
+    """A real (random) LoRA adapter on the tiny model, saved as PEFT does after training."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("adapter") / "adapter"
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_dir))
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  task_type="CAUSAL_LM"))
+    peft_model.save_pretrained(str(out), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(tiny_dir)).save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture
+def reg(tmp_path: Path, tiny_dir: Path, monkeypatch) -> Settings:
+    monkeypatch.chdir(tmp_path)
+    s = Settings(state_dir=tmp_path / "state",
+                 model=ModelSettings(base=str(tiny_dir), context_tokens=512, max_new_tokens=16)).prepare()
+    registry.configure(s)
+    return s
+
+
+def log(s: Settings, adapter: Path, rep: Report | None, **tags) -> str:
+    cand = registry.log_candidate(adapter, s.model.base, rep, params={"lora_r": 4}, tags=tags, plots=[],
+                                  settings=s)
+    return cand.version
+
+
+# --- gate (pure) ---------------------------------------------------------------------------------
+
+
+def test_gate_against_champion_needs_margin_and_no_regressions():
+    g = GateSettings(min_f1_gain=0.01, max_pk_regression=0.02, max_unusable_regression=0.05)
+    ok = gate(report(0.412, 0.30), report(0.380, 0.31), None, g)
+    assert ok.promote
+    assert "F1@5 0.412 vs champion 0.380: +0.032 >= margin 0.010" in ok.reasons[0]
+    assert not gate(report(0.385, 0.30), report(0.380, 0.30), None, g).promote  # gain below margin
+    assert gate(report(0.392, 0.30), report(0.382, 0.30), None, g).promote  # exactly the margin
+    assert not gate(report(0.50, 0.35), report(0.38, 0.30), None, g).promote  # Pk regressed 0.05
+    worse_health = gate(report(0.50, 0.30, unusable=0.2), report(0.38, 0.30, unusable=0.0), None, g)
+    assert not worse_health.promote and any("FAIL: unusable" in r for r in worse_health.reasons)
+
+
+def test_gate_without_champion_must_beat_base_on_f1_and_pk():
+    g = GateSettings()
+    assert gate(report(0.30, 0.40), None, report(0.10, 0.50), g).promote
+    assert not gate(report(0.30, 0.55), None, report(0.10, 0.50), g).promote  # Pk worse
+    assert not gate(report(0.10, 0.40), None, report(0.10, 0.50), g).promote  # F1 only equal
+    assert not gate(report(0.30, 0.40), None, None, g).promote
+    other = gate(report(0.9, 0.1), report(0.1, 0.9, fp="old-set"), None, g)
+    assert not other.promote and "other data" in other.reasons[0]
+
+
+# --- lifecycle on a local store ------------------------------------------------------------------
+
+
+def test_promotion_refusal_and_rollback(reg: Settings, adapter_dir: Path, tmp_path: Path):
+    base = report(0.10, 0.50, name="base")
+    with pytest.raises(LookupError, match="no champion yet"):
+        registry.fetch_adapter("champion", reg)
+    assert registry.champion_report(reg) is None
+
+    first = report(0.30, 0.40)
+    v1 = log(reg, adapter_dir, first, dataset_fingerprint="d1", train_config="c1")
+    d1 = gate(first, registry.champion_report(reg), base, reg.gate)
+    assert d1.promote
+    registry.decide_and_promote(v1, d1, reg)
+    assert registry.champion_version(reg) == v1
+    assert registry.champion_report(reg).metric("f1_k5") == pytest.approx(0.30)
+    assert registry.find_version(reg, dataset_fingerprint="d1", train_config="c1") == v1
+    assert registry.find_version(reg, dataset_fingerprint="d2", train_config="c1") is None
+
+    worse = report(0.25, 0.45)
+    v2 = log(reg, adapter_dir, worse)
+    d2 = gate(worse, registry.champion_report(reg), base, reg.gate)
+    assert not d2.promote
+    registry.decide_and_promote(v2, d2, reg)
+    assert registry.champion_version(reg) == v1
+
+    better = report(0.45, 0.35)
+    v3 = log(reg, adapter_dir, better)
+    d3 = gate(better, registry.champion_report(reg), base, reg.gate)
+    assert d3.promote, d3.reasons
+    registry.decide_and_promote(v3, d3, reg)
+    assert registry.champion_version(reg) == v3
+
+    rows = {r["version"]: r for r in registry.list_versions(reg)}
+    assert [r["version"] for r in registry.list_versions(reg)] == [v3, v2, v1]
+    assert rows[v3]["aliases"] == ["challenger", "champion"] and rows[v1]["aliases"] == []
+    assert rows[v3]["previous_champion"] == v1
+    assert rows[v2]["decision"] == "rejected" and "FAIL: F1@5" in rows[v2]["decision_reasons"]
+    assert rows[v1]["decision"] == "promoted"
+    assert rows[v3]["metrics"]["f1_k5"] == pytest.approx(0.45)
+    assert {"pk", "unusable", "f1_k5_lo"} <= set(rows[v3]["metrics"])
+
+    from mlflow import MlflowClient
+
+    tags = MlflowClient().get_model_version(reg.registered_model, v3).tags
+    assert tags["prompt_version"] and tags["git_commit"] and tags["base_model"] == reg.model.base
+    assert tags["metric.eval_pk"] and tags["eval_fingerprint"] == FP
+
+    assert registry.rollback(reg) == v1
+    assert registry.champion_version(reg) == v1
+    with pytest.raises(LookupError, match="no previous champion"):
+        registry.rollback(reg)
+    registry.promote(v2, reg, reason="manual: test")
+    assert registry.champion_version(reg) == v2
+    with pytest.raises(LookupError):
+        registry.promote("99", reg)
+    assert not (tmp_path / "mlruns").exists(), "MLflow wrote ./mlruns into the working directory"
+
+
+def test_fetch_adapter_and_pyfunc_predict(reg: Settings, adapter_dir: Path, tmp_path: Path):
+    import mlflow
+    import pandas as pd
+
+    v = log(reg, adapter_dir, report(0.3, 0.4))
+    registry.promote(v, reg)
+    path, base, name = registry.fetch_adapter("champion", reg)
+    assert (path / "adapter_config.json").is_file() and (path / "adapter_model.safetensors").is_file()
+    assert (path / "tokenizer_config.json").is_file()
+    assert base == reg.model.base and name == f"models:/{reg.registered_model}/{v}"
+    assert registry.fetch_adapter(f"models:/{reg.registered_model}/{v}", reg)[0] == path  # cached
+    assert registry.fetch_adapter(f"models:/{reg.registered_model}@challenger", reg)[2] == name
+    with pytest.raises(LookupError):
+        registry.fetch_adapter(f"models:/{reg.registered_model}@nobody", reg)
+
+    model = mlflow.pyfunc.load_model(f"models:/{reg.registered_model}@champion")
+    t = make_transcript(n=5, chapters=(0, 3))
+    out = model.predict(pd.DataFrame({"transcript": [t.model_dump_json()]}))
+    assert list(out.columns) == ["id", "chapters", "model", "health"]
+    assert out.loc[0, "id"] == t.id and out.loc[0, "health"] in ("clean", "repaired", "unusable")
+    chapters = json.loads(out.loc[0, "chapters"])
+    assert isinstance(chapters, list) and all({"title", "start_segment"} <= set(c) for c in chapters)
+    # the unwrapped model also takes plain transcript dicts
+    raw = model.unwrap_python_model().predict(None, [t.model_dump()])
+    assert raw.loc[0, "id"] == t.id
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_adapter_with_pickled_weights_is_refused(reg: Settings, adapter_dir: Path, tmp_path: Path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(adapter_dir, bad)
+    (bad / "adapter_model.safetensors").unlink()
+    (bad / "adapter_model.bin").write_bytes(b"not really a pickle")
+    with pytest.raises(ValueError, match="safetensors"):
+        log(reg, bad, None)
+
+
+# --- a real tracking server ----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_through_a_real_mlflow_server(tmp_path: Path, tiny_dir: Path, adapter_dir: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'db.sqlite'}",
+           "--artifacts-destination", str(tmp_path / "art"), "--serve-artifacts"]
+    log_file = (tmp_path / "server.log").open("w")
+    # its own process group: `mlflow server` runs uvicorn as a child, and both must go at the end
+    server = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"mlflow server exited: {(tmp_path / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not come up: {(tmp_path / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.3)
+        s = Settings(state_dir=tmp_path / "client", mlflow_tracking_uri=url,
+                     model=ModelSettings(base=str(tiny_dir), context_tokens=512, max_new_tokens=16)).prepare()
+        registry.configure(s)
+        v = log(s, adapter_dir, report(0.3, 0.4))
+        registry.decide_and_promote(v, Decision(True, ["test"]), s)
+        assert registry.champion_version(s) == v
+        assert registry.champion_report(s).metric("pk") == pytest.approx(0.4)
+        path, base, name = registry.fetch_adapter("champion", s)
+        assert (path / "adapter_model.safetensors").is_file() and base == str(tiny_dir)
+        assert any((tmp_path / "art").rglob("adapter_model.safetensors")), "artifacts bypassed the server"
+        assert not (tmp_path / "mlruns").exists()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log_file.close()
