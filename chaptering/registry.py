@@ -17,8 +17,10 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,7 +87,8 @@ def _client(settings: Settings) -> Any:
 
 
 def _not_found(err: Exception) -> bool:
-    return getattr(err, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
+    codes = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
+    return getattr(err, "error_code", "") in codes
 
 
 # --- the logged model ----------------------------------------------------------------------------
@@ -115,7 +118,16 @@ def _define_model_class() -> type:
     """Build the pyfunc class on first use, so importing this module does not import mlflow."""
     import mlflow.pyfunc
 
-    class ChapteringModel(mlflow.pyfunc.PythonModel):
+    cls = _chaptering_model_class(mlflow.pyfunc.PythonModel)
+    # Resolved by module + name when the models-from-code file imports it.
+    cls.__module__, cls.__qualname__ = __name__, "ChapteringModel"
+    return cls
+
+
+def _chaptering_model_class(python_model: type) -> type:
+    import pandas as pd
+
+    class ChapteringModel(python_model):  # type: ignore[misc, valid-type]
         """Base model reference + LoRA adapter, as one pyfunc model: `load_model("models:/NAME@champion")`.
 
         Only the adapter (safetensors) and tokenizer are stored; the base is resolved at load time from
@@ -142,10 +154,9 @@ def _define_model_class() -> type:
                 max_new_tokens=int(cfg.get("max_new_tokens", 160)),
             )
 
-        def predict(self, context, model_input, params: dict[str, Any] | None = None) -> Any:
-            """One row per transcript: id, chapters (JSON list of {title, start_segment, start}), model, health."""
-            import pandas as pd
-
+        def predict(self, context, model_input, params=None):
+            """One row per transcript: id, chapters (JSON list of {title, start_segment, start}), model,
+            health. Called directly, it also takes a list of transcript dicts (what a service has)."""
             from chaptering.schema import Transcript
 
             out = []
@@ -159,8 +170,10 @@ def _define_model_class() -> type:
                 })
             return pd.DataFrame(out, columns=["id", "chapters", "model", "health"])
 
-    # Pickled by reference (module + name), resolved on load through the module __getattr__ below.
-    ChapteringModel.__module__, ChapteringModel.__qualname__ = __name__, "ChapteringModel"
+        # A real (not string) DataFrame hint: MLflow then skips type-hint validation and its warning, and
+        # enforces the explicit signature instead (pyfunc always hands predict a DataFrame).
+        predict.__annotations__ = {"model_input": pd.DataFrame, "return": pd.DataFrame}  # noqa: RUF012
+
     return ChapteringModel
 
 
@@ -233,7 +246,7 @@ def git_commit() -> str:
     """The code version behind a model, best effort: "unknown" outside a git checkout."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-                             text=True, timeout=10)
+                             text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
@@ -259,6 +272,19 @@ class Candidate:
 def _tag_value(v: Any) -> str:
     s = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
     return s[:_TAG_LIMIT]
+
+
+@contextmanager
+def _run(run_id: str | None) -> Iterator[Any]:
+    """The training run if given (resumed after it ended), the caller's active run, or a new one."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None and run_id in (None, active.info.run_id):
+        yield active
+        return
+    with mlflow.start_run(run_id=run_id, nested=active is not None) as run:
+        yield run
 
 
 def log_candidate(
@@ -293,7 +319,7 @@ def log_candidate(
     if report is not None:
         version_tags.update(eval_data=_tag_value(report.data), eval_fingerprint=report.data_fingerprint)
 
-    with tempfile.TemporaryDirectory(prefix="chaptering-adapter-") as tmp, mlflow.start_run(run_id=run_id) as run:
+    with tempfile.TemporaryDirectory(prefix="chaptering-adapter-") as tmp, _run(run_id) as run:
         staged = _stage_adapter(adapter_dir, base_model, settings.cache_dir, Path(tmp))
         # Params are immutable in MLflow: a reused training run may already hold some of these.
         existing = client.get_run(run.info.run_id).data.params
@@ -309,9 +335,8 @@ def log_candidate(
         if report is not None:  # after the plots: this copy is the one champion_report reads back
             mlflow.log_text(report.to_json(), REPORT_ARTIFACT)
         with warnings.catch_warnings():
-            # No input example on purpose (it would load the base model at log time), and the signature
-            # is explicit rather than inferred from type hints.
-            warnings.filterwarnings("ignore", message=".*(input example|type hints).*")
+            # No input example on purpose: MLflow would load the base model at log time to run it.
+            warnings.filterwarnings("ignore", message=".*input example.*")
             info = _log_model(staged, base_model, settings)
         mv = mlflow.register_model(info.model_uri, settings.registered_model, tags=version_tags)
     version = str(mv.version)
@@ -387,10 +412,10 @@ def gate(
     if ref is None:
         return Decision(False, ["no champion and no base-model report to compare against"])
     if ref.data_fingerprint != challenger.data_fingerprint:
-        return Decision(False, [
+        return Decision(False, [(
             f"the {who} was evaluated on other data (fingerprint {ref.data_fingerprint} vs "
             f"{challenger.data_fingerprint}): re-evaluate it on the current held-out set before comparing"
-        ])
+        )])
     r_f1, r_pk, r_un = ref.metric("f1_k5"), ref.metric("pk"), ref.metric("unusable")
     if r_f1 is None or r_pk is None:
         return Decision(False, [f"the {who} report lacks f1_k5 or pk: cannot compare"])
@@ -399,23 +424,24 @@ def gate(
     if champion is not None:
         m = gate_settings.min_f1_gain
         ok = gain >= m - _EPS
-        checks.append((ok, f"F1@5 {c_f1:.3f} vs champion {r_f1:.3f}: {gain:+.3f} {'>=' if ok else '<'} margin {m:.3f}"))
+        checks.append((ok, (f"F1@5 {c_f1:.3f} vs champion {r_f1:.3f}: {gain:+.3f} "
+                            f"{'>=' if ok else '<'} margin {m:.3f}")))
         m = gate_settings.max_pk_regression
         ok = dpk <= m + _EPS
-        checks.append((ok, f"Pk {c_pk:.3f} vs champion {r_pk:.3f} (lower is better): {dpk:+.3f} "
-                           f"{'<=' if ok else '>'} allowed regression {m:.3f}"))
+        checks.append((ok, (f"Pk {c_pk:.3f} vs champion {r_pk:.3f} (lower is better): {dpk:+.3f} "
+                            f"{'<=' if ok else '>'} allowed regression {m:.3f}")))
         if c_un is not None and r_un is not None:
             m, du = gate_settings.max_unusable_regression, c_un - r_un
             ok = du <= m + _EPS
-            checks.append((ok, f"unusable share {c_un:.3f} vs champion {r_un:.3f}: {du:+.3f} "
-                               f"{'<=' if ok else '>'} allowed regression {m:.3f}"))
+            checks.append((ok, (f"unusable share {c_un:.3f} vs champion {r_un:.3f}: {du:+.3f} "
+                                f"{'<=' if ok else '>'} allowed regression {m:.3f}")))
     else:
         ok = gain > 0
-        checks.append((ok, f"F1@5 {c_f1:.3f} vs base model {r_f1:.3f}: {gain:+.3f} "
-                           f"({'better' if ok else 'not better'}; no champion yet)"))
+        checks.append((ok, (f"F1@5 {c_f1:.3f} vs base model {r_f1:.3f}: {gain:+.3f} "
+                            f"({'better' if ok else 'not better'}; no champion yet)")))
         ok = dpk < 0
-        checks.append((ok, f"Pk {c_pk:.3f} vs base model {r_pk:.3f} (lower is better): {dpk:+.3f} "
-                           f"({'better' if ok else 'not better'})"))
+        checks.append((ok, (f"Pk {c_pk:.3f} vs base model {r_pk:.3f} (lower is better): {dpk:+.3f} "
+                            f"({'better' if ok else 'not better'})")))
     return Decision(all(ok for ok, _ in checks), [("ok: " if ok else "FAIL: ") + text for ok, text in checks])
 
 
@@ -423,7 +449,7 @@ def gate(
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _alias_version(client: Any, name: str, alias: str) -> Any | None:
@@ -459,7 +485,10 @@ def decide_and_promote(version: str, decision: Decision, settings: Settings) -> 
     version (what `rollback` returns to) and move the alias. A refusal leaves `champion` untouched."""
     client, name, version = _client(settings), settings.registered_model, str(version)
     _get_version(client, name, version)
-    tag = lambda k, v: client.set_model_version_tag(name, version, k, _tag_value(v))  # noqa: E731
+
+    def tag(key: str, value: Any) -> None:
+        client.set_model_version_tag(name, version, key, _tag_value(value))
+
     tag("decision", "promoted" if decision.promote else "rejected")
     tag("decision_reasons", "\n".join(decision.reasons))
     tag("decided_at", _now())
@@ -484,7 +513,9 @@ def rollback(settings: Settings) -> str:
         raise LookupError(NO_CHAMPION)
     previous = current.tags.get("previous_champion")
     if not previous:
-        raise LookupError(f"version {current.version} (the champion) records no previous champion to roll back to")
+        raise LookupError(
+            f"version {current.version} (the champion) records no previous champion to roll back to"
+        )
     _get_version(client, name, previous)  # fail clearly if it was deleted
     client.set_registered_model_alias(name, CHAMPION, previous)
     client.set_model_version_tag(name, str(current.version), "decision", "rolled_back")
@@ -531,7 +562,7 @@ def list_versions(settings: Settings) -> list[dict[str, Any]]:
         rows.append({
             "version": str(mv.version),
             "aliases": sorted(aliases),
-            "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc).isoformat(
+            "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC).isoformat(
                 timespec="seconds"),
             "decision": mv.tags.get("decision", ""),
             "decision_reasons": mv.tags.get("decision_reasons", ""),
@@ -564,7 +595,9 @@ def _resolve_spec(spec: str, settings: Settings) -> Any:
     if alias is not None:
         mv = _alias_version(client, name, alias)
         if mv is None:
-            raise LookupError(NO_CHAMPION if alias == CHAMPION else f"model {name!r} has no version with alias {alias!r}")
+            raise LookupError(
+                NO_CHAMPION if alias == CHAMPION else f"model {name!r} has no version with alias {alias!r}"
+            )
         return mv
     if version == "latest":
         found = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda mv: int(mv.version))
@@ -581,7 +614,7 @@ def _adapter_in(model_dir: Path) -> Path:
     conf = Model.load(str(model_dir / "MLmodel")).flavors.get("python_function", {})
     entry = (conf.get("artifacts") or {}).get("adapter")
     if entry is None:
-        raise ValueError(f"{model_dir}: this model version has no `adapter` artifact (not a chaptering model)")
+        raise ValueError(f"{model_dir}: this version has no `adapter` artifact (not a chaptering model?)")
     return model_dir / entry["path"]
 
 
@@ -597,16 +630,20 @@ def fetch_adapter(spec: str, settings: Settings) -> tuple[Path, str, str]:
     store = hashlib.sha256(settings.tracking_uri.encode()).hexdigest()[:10]
     dst = settings.cache_dir / "registry" / store / name / version
     if not (dst / ".complete").is_file():
-        tmp = dst.with_name(version + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp),
-            tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri,
-        )
-        (tmp / ".complete").write_text(_now())
-        shutil.rmtree(dst, ignore_errors=True)
-        tmp.rename(dst)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        # A private download folder, renamed into place when complete: concurrent fetches don't collide.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=dst.parent))
+        try:
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp),
+                tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri,
+            )
+            (tmp / ".complete").write_text(_now())
+            if not (dst / ".complete").is_file():
+                shutil.rmtree(dst, ignore_errors=True)
+                tmp.rename(dst)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     adapter = _adapter_in(dst)
     _check_safetensors_only(adapter)
     base = mv.tags.get("base_model")
@@ -644,5 +681,5 @@ def champion_report(settings: Settings) -> Report | None:
            for k, v in flat.items() if not k.endswith(("_lo", "_hi"))}
     if not agg:
         return None
-    return Report(f"models:/{name}/{mv.version}", mv.tags.get("eval_data", ""), mv.tags.get("eval_fingerprint", ""),
-                  agg)
+    return Report(f"models:/{name}/{mv.version}", mv.tags.get("eval_data", ""),
+                  mv.tags.get("eval_fingerprint", ""), agg)

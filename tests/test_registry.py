@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,18 +18,20 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from factories import make_transcript
 
 from chaptering import registry
 from chaptering.config import GateSettings, ModelSettings, Settings
 from chaptering.evaluate import Report
 from chaptering.registry import Decision, gate
-from factories import make_transcript
 
 FP = "evalset-fp"
 
 
 def report(f1: float, pk: float, unusable: float = 0.0, fp: str = FP, name: str = "m") -> Report:
-    band = lambda v: {"mean": v, "lo": v - 0.05, "hi": v + 0.05}  # noqa: E731
+    def band(v: float) -> dict[str, float]:
+        return {"mean": v, "lo": v - 0.05, "hi": v + 0.05}
+
     return Report(model=name, data="heldout.jsonl", data_fingerprint=fp,
                   aggregate={"f1_k5": band(f1), "pk": band(pk), "unusable": band(unusable)})
 
@@ -50,11 +53,22 @@ def adapter_dir(tiny_dir: Path, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def blank_db(tmp_path_factory) -> Path:
+    """An empty, migrated MLflow SQLite store: copying it saves each test MLflow's ~2 s of migrations."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("blank") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def reg(tmp_path: Path, tiny_dir: Path, monkeypatch) -> Settings:
+def reg(tmp_path: Path, tiny_dir: Path, blank_db: Path, monkeypatch) -> Settings:
     monkeypatch.chdir(tmp_path)
     s = Settings(state_dir=tmp_path / "state",
                  model=ModelSettings(base=str(tiny_dir), context_tokens=512, max_new_tokens=16)).prepare()
+    shutil.copy(blank_db, s.state_dir / "mlflow.db")
     registry.configure(s)
     return s
 
@@ -177,9 +191,29 @@ def test_fetch_adapter_and_pyfunc_predict(reg: Settings, adapter_dir: Path, tmp_
     assert not (tmp_path / "mlruns").exists()
 
 
-def test_adapter_with_pickled_weights_is_refused(reg: Settings, adapter_dir: Path, tmp_path: Path):
-    import shutil
+def test_logs_into_the_training_run_with_plots(reg: Settings, adapter_dir: Path, tmp_path: Path):
+    import mlflow
+    from mlflow import MlflowClient
 
+    with mlflow.start_run(run_name="train") as run:  # what the pipeline's train stage does
+        mlflow.log_params({"base_model": reg.model.base, "train.lora_r": 4})
+    plot = tmp_path / "timeline.png"
+    plot.write_bytes(b"\x89PNG fake")
+    cand = registry.log_candidate(adapter_dir, reg.model.base, report(0.3, 0.4),
+                                  params={"base_model": "ignored: already logged", "extra": 1},
+                                  tags={"train_config": "abc"}, plots=[plot], settings=reg,
+                                  run_id=run.info.run_id)
+    assert cand.run_id == run.info.run_id and cand.uri == f"models:/{reg.registered_model}/{cand.version}"
+    client = MlflowClient()
+    data = client.get_run(run.info.run_id).data
+    assert data.params["base_model"] == reg.model.base and data.params["extra"] == "1"
+    assert set(report(0.3, 0.4).flat_metrics()) <= set(data.metrics)
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "eval")} == {"eval/report.json",
+                                                                               "eval/timeline.png"}
+    assert client.get_model_version(reg.registered_model, cand.version).tags["train_config"] == "abc"
+
+
+def test_adapter_with_pickled_weights_is_refused(reg: Settings, adapter_dir: Path, tmp_path: Path):
     bad = tmp_path / "bad"
     shutil.copytree(adapter_dir, bad)
     (bad / "adapter_model.safetensors").unlink()
@@ -197,8 +231,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_through_a_real_mlflow_server(tmp_path: Path, tiny_dir: Path, adapter_dir: Path, monkeypatch):
+def test_through_a_real_mlflow_server(tmp_path: Path, tiny_dir: Path, adapter_dir: Path, blank_db: Path,
+                                      monkeypatch):
     monkeypatch.chdir(tmp_path)
+    shutil.copy(blank_db, tmp_path / "db.sqlite")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
@@ -225,11 +261,15 @@ def test_through_a_real_mlflow_server(tmp_path: Path, tiny_dir: Path, adapter_di
         s = Settings(state_dir=tmp_path / "client", mlflow_tracking_uri=url,
                      model=ModelSettings(base=str(tiny_dir), context_tokens=512, max_new_tokens=16)).prepare()
         registry.configure(s)
+        with pytest.raises(LookupError, match="no champion yet"):
+            registry.fetch_adapter("champion", s)
         v = log(s, adapter_dir, report(0.3, 0.4))
+        with pytest.raises(LookupError):
+            registry.promote("99", s)
         registry.decide_and_promote(v, Decision(True, ["test"]), s)
         assert registry.champion_version(s) == v
         assert registry.champion_report(s).metric("pk") == pytest.approx(0.4)
-        path, base, name = registry.fetch_adapter("champion", s)
+        path, base, _ = registry.fetch_adapter("champion", s)
         assert (path / "adapter_model.safetensors").is_file() and base == str(tiny_dir)
         assert any((tmp_path / "art").rglob("adapter_model.safetensors")), "artifacts bypassed the server"
         assert not (tmp_path / "mlruns").exists()

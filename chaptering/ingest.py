@@ -1,0 +1,305 @@
+"""Incremental ingest: only what is new since the last successful night.
+
+Each source keeps a watermark in ``state/watermarks.json``: per file its sha256 and size, for the
+feedback store the last event id consumed. Reading moves only the *pending* watermark; it is committed
+(`Watermarks.commit`, or `save_pending` + `commit_pending` across processes) after the downstream stages
+have succeeded, so a run that fails half-way re-reads the same input next time instead of losing it.
+
+Bad records never stop an ingest: they are appended to ``rejected`` (-> ``quarantine.jsonl``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from chaptering.feedback import FeedbackStore, check_event_chapters, parse_row
+from chaptering.io import Rejected, iter_transcripts
+from chaptering.schema import FeedbackEvent, Transcript
+
+if TYPE_CHECKING:
+    from chaptering.config import Settings
+
+SUFFIXES = (".jsonl", ".vtt", ".srt")
+FEEDBACK_KEY = "feedback"
+FEEDBACK_SOURCE = "feedback_events"  # the `source` of a quarantined feedback row
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """tmp file beside the target + os.replace: a crash leaves the old watermarks, never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        # Not silently "empty": that would re-ingest every feedback event into the corpus twice.
+        raise ValueError(f"{path}: watermarks are not valid JSON ({exc}); fix or delete the file") from None
+    if not isinstance(data, dict):
+        raise TypeError(f"{path}: watermarks must be a JSON object")
+    return data
+
+
+class Watermarks:
+    """Committed watermarks (what the last successful run consumed) and this run's pending ones.
+
+    Readers compare against the committed state and write the pending one; nothing reaches the file
+    until `commit`.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._committed: dict[str, Any] = _read_json(self.path) if self.path.exists() else {}
+        self._pending: dict[str, Any] = copy.deepcopy(self._committed)
+        self._full = False
+
+    def get(self, key: str) -> dict[str, Any]:
+        """The committed watermark of a source ({} after `reset`, i.e. read everything)."""
+        return {} if self._full else copy.deepcopy(self._committed.get(key, {}))
+
+    def pending(self, key: str) -> dict[str, Any]:
+        """This run's watermark of a source, live: readers update it as they consume input."""
+        return self._pending.setdefault(key, {})
+
+    def reset(self) -> None:
+        """Full re-read (rebuilding the dataset from scratch): ignore the committed state; the pending
+        state then holds only what this run saw."""
+        self._full = True
+        self._pending = {}
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """A copy of the pending state: what `commit` would write."""
+        return copy.deepcopy(self._pending)
+
+    def commit(self) -> None:
+        """Persist the pending state: call only once everything downstream of the read has succeeded."""
+        _write_json_atomic(self.path, self._pending)
+        self._committed = copy.deepcopy(self._pending)
+        self._full = False
+
+    def save_pending(self, path: Path | str) -> Path:
+        """Park the pending state in a run folder, for a later `commit_pending` in another process."""
+        _write_json_atomic(Path(path), self._pending)
+        return Path(path)
+
+    def commit_pending(self, path: Path | str) -> bool:
+        """Commit a state parked by `save_pending`; False (nothing moves) when there is none."""
+        path = Path(path)
+        if not path.exists():
+            return False
+        self._pending = _read_json(path)
+        self.commit()
+        return True
+
+
+def reason_kind(reason: str) -> str:
+    """The reason's prefix ("malformed JSON", "unknown transcript"): what the report counts by."""
+    return reason.split(":", 1)[0].split("(", 1)[0].strip()[:60] or "unspecified"
+
+
+@dataclass
+class IngestReport:
+    """What one ingest saw. Filled while the readers are consumed: final once they are exhausted."""
+
+    files_seen: int = 0
+    files_new: int = 0  # new or changed since the committed watermark
+    files_skipped_unchanged: int = 0
+    transcripts: int = 0
+    feedback_events: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # reason prefix -> count
+
+    def count_rejected(self, items: Iterable[Rejected]) -> None:
+        for r in items:
+            kind = reason_kind(r.reason)
+            self.rejected[kind] = self.rejected.get(kind, 0) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _files(paths: Iterable[Path]) -> list[Path]:
+    """Files to read, in a deterministic order: folders are walked recursively (hidden entries, such as
+    half-written temp files, skipped); files named explicitly are read whatever their type (the reader
+    quarantines an unsupported one). Missing paths are a configuration error and raise."""
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(
+                f
+                for f in p.rglob("*")
+                if f.suffix.lower() in SUFFIXES and f.is_file() and not _is_hidden(f, p)
+            )
+        elif p.is_file():
+            found = [p]
+        else:
+            raise FileNotFoundError(f"ingest input {p} does not exist")
+        for f in found:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(f)
+    return out
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """(sha256 hex, size in bytes), read in chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def ingest_files(
+    paths: Iterable[Path | str],
+    marks: Watermarks,
+    rejected: list[Rejected],
+    source: str,
+    report: IngestReport | None = None,
+) -> Iterator[Transcript]:
+    """Transcripts from new or changed files under `paths`, tagged with where they came from.
+
+    `source` is "external" (public/outside data) or "internal" (the app-export drop folder): it is the
+    watermark key, the default `Transcript.source` and ``meta["ingest_source"]``. A file is marked as
+    read only once all its records have been consumed. Paths are checked now (FileNotFoundError);
+    the files are read lazily.
+    """
+    files = _files(paths)
+    return _read_files(files, marks, rejected, source, report if report is not None else IngestReport())
+
+
+def _read_files(
+    files: list[Path], marks: Watermarks, rejected: list[Rejected], source: str, report: IngestReport
+) -> Iterator[Transcript]:
+    committed = marks.get(source).get("files", {})
+    pending = marks.pending(source).setdefault("files", {})
+    for file in files:
+        report.files_seen += 1
+        key = str(file.resolve())
+        before = len(rejected)
+        try:
+            digest, size = file_digest(file)
+            if committed.get(key, {}).get("sha256") == digest:
+                report.files_skipped_unchanged += 1
+                continue
+            report.files_new += 1
+            for t in iter_transcripts(file, rejected, source=source):
+                t.meta["path"] = str(file)
+                t.meta["ingest_source"] = source
+                report.transcripts += 1
+                yield t
+        except OSError as exc:  # vanished or unreadable: not marked, so retried next run
+            rejected.append(
+                Rejected(source=str(file), location="file", reason=f"unreadable: {exc.strerror or exc}")
+            )
+        else:
+            pending[key] = {"sha256": digest, "size": size}
+        finally:
+            report.count_rejected(rejected[before:])
+    # Forget files that are gone, so the watermark file does not grow forever.
+    for key in [k for k in pending if not Path(k).exists()]:
+        del pending[key]
+
+
+# --------------------------------------------------------------------------------------------- feedback
+
+
+def ingest_feedback(
+    store: FeedbackStore,
+    marks: Watermarks,
+    rejected: list[Rejected],
+    report: IngestReport | None = None,
+) -> Iterator[tuple[FeedbackEvent, Transcript]]:
+    """(event, transcript it is about) for each feedback event after the watermark.
+
+    A row that no longer validates, whose transcript cannot be found, or whose chapters do not fit that
+    transcript is quarantined as ``Rejected("feedback_events", "row N", reason)``; the watermark moves
+    past it either way (the reason is on record; re-reading it would only repeat the rejection).
+    """
+    report = report if report is not None else IngestReport()
+    last = int(marks.get(FEEDBACK_KEY).get("last_id", 0))
+    pending = marks.pending(FEEDBACK_KEY)
+    pending.setdefault("last_id", last)
+    for row_id, event, raw in store.events_after(last):
+        problem: str | None = None
+        transcript: Transcript | None = None
+        if event is None:
+            problem = f"invalid row: {parse_row(raw)[1]}"
+        else:
+            transcript, why = store.resolve(event)
+            if transcript is None:
+                problem = f"unknown transcript: {why}"
+            else:
+                try:
+                    check_event_chapters(event, transcript)
+                except ValueError as exc:
+                    problem = f"chapters out of range: {exc}"
+        if problem is not None:
+            bad = Rejected(source=FEEDBACK_SOURCE, location=f"row {row_id}", reason=problem)
+            rejected.append(bad)
+            report.count_rejected([bad])
+        else:
+            assert event is not None and transcript is not None
+            transcript.meta.update({"ingest_source": "feedback", "feedback_row": row_id})
+            report.feedback_events += 1
+            yield event, transcript
+        pending["last_id"] = max(int(pending["last_id"]), row_id)
+
+
+# ------------------------------------------------------------------------------------------- everything
+
+
+def ingest(
+    settings: Settings, rejected: list[Rejected], full: bool = False
+) -> tuple[Iterator[Transcript], list[tuple[FeedbackEvent, Transcript]], IngestReport, Watermarks]:
+    """Everything new: external inputs, the internal drop folder (if present) and the feedback store.
+
+    Transcripts stream (consume them before reading the report's file counts); feedback is read
+    eagerly. Nothing is committed: call ``marks.commit()`` once the data has been used successfully.
+    `full` ignores the watermarks and re-reads everything (rebuilding the dataset from scratch).
+    """
+    marks = Watermarks(settings.state_dir / "watermarks.json")
+    if full:
+        marks.reset()
+    report = IngestReport()
+    internal = [settings.data.internal_dir] if settings.data.internal_dir.exists() else []
+    transcripts = chain(
+        ingest_files(settings.data.inputs, marks, rejected, "external", report),
+        ingest_files(internal, marks, rejected, "internal", report),
+    )
+    store = FeedbackStore(settings.feedback_db)
+    try:
+        feedback = list(ingest_feedback(store, marks, rejected, report))
+    finally:
+        store.close()
+    return transcripts, feedback, report, marks

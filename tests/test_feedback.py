@@ -1,0 +1,136 @@
+"""The feedback store on a SQLite file: round trips, validation, watermark reads."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, text
+
+from chaptering.feedback import FeedbackRow, FeedbackStore, InvalidFeedback, UnknownPrediction
+from chaptering.schema import Chapter, FeedbackEvent
+from tests.factories import make_transcript
+
+
+def chapters(*starts: int) -> list[Chapter]:
+    return [Chapter(title=f"Part {i}", start_segment=s) for i, s in enumerate(starts)]
+
+
+def edit(pid: str | None, tid: str = "t1", **kw) -> FeedbackEvent:
+    return FeedbackEvent(
+        transcript_id=tid,
+        model_version="3",
+        predicted=chapters(0, 10),
+        corrected=chapters(0, 12, 20),
+        prediction_id=pid,
+        user_id="u1",
+        **kw,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = FeedbackStore(f"sqlite:///{tmp_path / 'nested' / 'feedback.db'}")
+    yield s
+    s.close()
+
+
+def test_round_trip(store: FeedbackStore, tmp_path: Path) -> None:
+    t = make_transcript()
+    pid = store.record_prediction(t, chapters(0, 10), "3")
+    pred = store.get_prediction(pid)
+    assert pred["transcript_id"] == "t1" and pred["model_version"] == "3"
+    assert pred["chapters"] == [
+        {"title": "Part 0", "start_segment": 0},
+        {"title": "Part 1", "start_segment": 10},
+    ]
+    assert pred["created_at"].tzinfo is not None
+    assert store.get_prediction("nope") is None
+
+    when = datetime(2026, 11, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    ev = edit(pid, timestamp=when)
+    assert store.add(ev) == 1
+    assert store.count() == 1
+    [(row_id, back, raw)] = list(store.events_after(0))
+    assert row_id == 1 and back == ev
+    assert raw["created_at"] == when and raw["created_at"].tzinfo is not None
+    assert store.transcript_for(back) == t
+    assert (tmp_path / "nested" / "feedback.db").exists()
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_rating_and_reopen_keep_sequence(store: FeedbackStore) -> None:
+    pid = store.record_prediction(make_transcript(), chapters(0, 10), "3")
+    rating = FeedbackEvent(
+        transcript_id="t1", model_version="3", predicted=chapters(0, 10), rating="reject", prediction_id=pid
+    )
+    assert store.add(rating) == 1
+    again = FeedbackStore(store.url)
+    try:
+        assert again.add(rating) == 2
+        [(_, back, _)] = list(again.events_after(1))
+        assert back.rating == "reject" and back.corrected is None
+    finally:
+        again.close()
+
+
+def test_unknown_prediction_raises(store: FeedbackStore) -> None:
+    with pytest.raises(UnknownPrediction):
+        store.add(edit("0" * 32))
+    assert store.count() == 0
+
+
+def test_feedback_must_fit_its_prediction(store: FeedbackStore) -> None:
+    pid = store.record_prediction(make_transcript(n=15, chapters=(0, 10)), chapters(0, 10), "3")
+    with pytest.raises(InvalidFeedback, match="out of range"):
+        store.add(edit(pid))  # corrected chapter at segment 20 of 15
+    with pytest.raises(InvalidFeedback, match="is for transcript"):
+        store.add(edit(pid, tid="other"))
+    assert store.count() == 0
+
+
+def test_event_without_prediction_id_is_linked(store: FeedbackStore) -> None:
+    """The DESIGN contract carries no prediction id: link by transcript id + model version."""
+    t = make_transcript()
+    store.record_prediction(make_transcript(tid="t1", n=12, chapters=(0,)), chapters(0), "2")  # other version
+    pid = store.record_prediction(t, chapters(0, 10), "3")
+    store.add(edit(None))
+    store.add(edit(None, tid="never-served"))
+    (_, linked, _), (_, orphan, _) = list(store.events_after(0))
+    assert linked.prediction_id == pid and store.transcript_for(linked) == t
+    assert orphan.prediction_id is None and store.resolve(orphan) == (None, "no linked prediction")
+
+
+def test_events_after_respects_watermark_and_limit(store: FeedbackStore) -> None:
+    pid = store.record_prediction(make_transcript(), chapters(0, 10), "3")
+    for _ in range(4):
+        store.add(edit(pid))
+    assert [i for i, _, _ in store.events_after(0)] == [1, 2, 3, 4]
+    assert [i for i, _, _ in store.events_after(2)] == [3, 4]
+    assert [i for i, _, _ in store.events_after(1, limit=2)] == [2, 3]
+    assert list(store.events_after(4)) == []
+
+
+def test_deleted_last_id_is_not_reused(store: FeedbackStore) -> None:
+    """A reused id at or below a committed watermark would never be ingested."""
+    pid = store.record_prediction(make_transcript(), chapters(0, 10), "3")
+    store.add(edit(pid))
+    store.add(edit(pid))
+    with store.engine.begin() as conn:
+        conn.execute(delete(FeedbackRow).where(FeedbackRow.id == 2))
+    assert store.add(edit(pid)) == 3
+
+
+def test_unparseable_row_is_yielded_as_none(store: FeedbackStore) -> None:
+    store.count()  # creates the tables
+    with store.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO feedback_events (transcript_id, model_version, predicted, corrected, rating, user_id, "
+                "created_at) VALUES ('t1', '3', 'not json', NULL, 'accept', 'u', '2026-11-01 00:00:00')"
+            )
+        )
+    [(row_id, event, raw)] = list(store.events_after(0))
+    assert row_id == 1 and event is None and raw["predicted"] == "not json"
