@@ -21,7 +21,7 @@ IO_RETRIES = dict(retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
 
 
 @task(name="ingest", **IO_RETRIES)
-def ingest(settings: Settings, run_dir: Path, inputs: list[Path] | None, full: bool) -> pipeline.IngestOutput:
+def ingest(settings: Settings, run_dir: Path, inputs: list[Path] | None, full: bool) -> dict[str, int]:
     return pipeline.ingest_stage(settings, run_dir, inputs, full)
 
 

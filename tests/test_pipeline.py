@@ -1,0 +1,129 @@
+"""The nightly flow end to end on the tiny model: first run registers v1, a re-run with no new data
+trains nothing, new feedback trains a challenger with a recorded decision, a failing stage changes
+nothing, and `chaptering data build` reuses an unchanged build.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from chaptering import pipeline, registry
+from chaptering.config import PROJECT_ROOT, DataSettings, ModelSettings, Settings, TrainSettings
+from chaptering.io import read_transcripts, write_jsonl
+
+
+def _raw_lines(path: Path):
+    with path.open(encoding="utf-8") as f:
+        yield from (json.loads(line) for line in f if line.strip())
+
+
+@pytest.fixture
+def flow_settings(tmp_path: Path, tiny_dir: Path) -> Settings:
+    """Eight real training videos, three real held-out videos, two optimizer steps."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    train = itertools.islice(_raw_lines(PROJECT_ROOT / "data" / "train" / "vidchapters-short.jsonl"), 8)
+    write_jsonl(inputs / "videos.jsonl", train)
+    heldout = [t for t in read_transcripts(PROJECT_ROOT / "data" / "eval" / "heldout.jsonl")
+               if t.source.startswith("vidchapters")][:3]
+    eval_path = tmp_path / "eval" / "heldout.jsonl"
+    write_jsonl(eval_path, (json.loads(t.model_dump_json()) for t in heldout))
+    return Settings(
+        state_dir=tmp_path / "state",
+        model=ModelSettings(base=str(tiny_dir), context_tokens=512, max_new_tokens=24),
+        data=DataSettings(inputs=[inputs], internal_dir=tmp_path / "internal", eval_path=eval_path),
+        train=TrainSettings(max_steps=2, grad_accum=1, max_length=512, save_steps=100, dpo_steps=1,
+                            target_modules=["q_proj", "v_proj"], lora_r=4, lora_alpha=8),
+    ).prepare()
+
+
+def run_once(settings: Settings, fail_at: str | None = None) -> dict:
+    """The flow's stage sequence without Prefect (the flow test covers Prefect itself)."""
+    run_dir = pipeline.new_run_dir(settings)
+    ingested = pipeline.ingest_stage(settings, run_dir)
+    curated = pipeline.curate_stage(settings, run_dir)
+    build = pipeline.dataset_stage(settings, run_dir)
+    outcome = pipeline.train_stage(settings, build, run_dir)
+    if fail_at == "evaluate":
+        raise RuntimeError("simulated evaluation failure")
+    evals = pipeline.evaluate_stage(settings, outcome, run_dir)
+    decision = pipeline.register_stage(settings, outcome, evals, build)
+    committed = pipeline.commit_stage(settings, run_dir)
+    summary = pipeline.summarize(ingested, curated, build, outcome, evals, decision, committed)
+    return {"ingested": ingested, "curated": curated, "build": build, "outcome": outcome, "decision": decision,
+            "summary": summary}
+
+
+def _add_feedback(settings: Settings) -> None:
+    from chaptering.feedback import FeedbackStore
+    from chaptering.schema import Chapter, FeedbackEvent
+
+    store = FeedbackStore(settings.feedback_db)
+    t = read_transcripts(settings.data.inputs[0] / "videos.jsonl")[0]
+    predicted = [Chapter(title="Everything", start_segment=0)]
+    pid = store.record_prediction(t, predicted, model_version="1")
+    store.add(FeedbackEvent(transcript_id=t.id, model_version="1", prediction_id=pid, predicted=predicted,
+                            corrected=t.chapters))
+    store.close()
+
+
+def test_first_run_registers_then_noop_then_feedback_challenger(flow_settings: Settings) -> None:
+    first = run_once(flow_settings)
+    assert first["ingested"]["transcripts"] == 8
+    assert first["outcome"].trained and first["decision"].version == "1"
+    assert first["decision"].reasons, "every decision carries its reasons"
+    assert "Decision" in first["summary"]
+    versions = registry.list_versions(flow_settings)
+    assert [str(v["version"]) for v in versions] == ["1"]
+    champion = registry.champion_version(flow_settings)
+
+    again = run_once(flow_settings)
+    assert again["ingested"]["transcripts"] == 0 and not again["outcome"].trained
+    assert again["build"].reused and again["build"].fingerprint == first["build"].fingerprint
+    assert [str(v["version"]) for v in registry.list_versions(flow_settings)] == ["1"]
+    assert registry.champion_version(flow_settings) == champion
+
+    _add_feedback(flow_settings)
+    third = run_once(flow_settings)
+    assert third["ingested"]["feedback_events"] == 1
+    assert third["build"].stats["feedback_dpo_rows"] >= 1
+    assert third["outcome"].trained and [r["stage"] for r in third["outcome"].results] == ["sft", "dpo"]
+    assert third["decision"].version == "2" and third["decision"].reasons
+    decided = {str(v["version"]): v for v in registry.list_versions(flow_settings)}["2"]
+    assert decided.get("decision"), "the gate's decision is recorded on the version"
+
+
+def test_failed_stage_leaves_registry_corpus_and_watermarks(flow_settings: Settings) -> None:
+    with pytest.raises(RuntimeError, match="simulated"):
+        run_once(flow_settings, fail_at="evaluate")
+    assert registry.list_versions(flow_settings) == []
+    assert registry.champion_version(flow_settings) is None
+    assert not (flow_settings.state_dir / "corpus" / "curated.jsonl").exists()
+    # nothing was committed, so the next run sees the same input again and completes
+    retry = run_once(flow_settings)
+    assert retry["ingested"]["transcripts"] == 8 and retry["decision"].version == "1"
+
+
+def test_data_build_cli_reuses_unchanged_build(flow_settings: Settings, tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from chaptering.cli import app
+
+    monkeypatch.setenv("CHAPTERING_STATE_DIR", str(flow_settings.state_dir))
+    sets = [f"model.base={flow_settings.model.base}", "model.context_tokens=512",
+            f"data.eval_path={flow_settings.data.eval_path}"]
+    args = ["data", "build", "--out", str(tmp_path / "out"), "--input", str(flow_settings.data.inputs[0])]
+    args += list(itertools.chain.from_iterable(("--set", s) for s in sets))
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["sft"]["rows"] > 0 and stats["reused"] is False
+    assert (tmp_path / "out" / "quarantine.jsonl").exists()
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0, second.output
+    again = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert again["reused"] is True and again["fingerprint"] == stats["fingerprint"]
