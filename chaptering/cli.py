@@ -203,6 +203,24 @@ def rollback(set: SetOpt = None) -> None:
     typer.echo(f"champion -> version {version}")
 
 
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Bind address (default: serve.host)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default: serve.port)")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="champion (follows the alias) | base | "
+                                       "models:/NAME/VER | PATH | baseline:NAME (pinned)")] = "champion",
+    set: SetOpt = None,
+) -> None:
+    """Serve /v1/chapters, /v1/feedback, /v1/model and /healthz (FastAPI on uvicorn)."""
+    import uvicorn
+
+    from chaptering.serve import create_app
+
+    settings = _settings(set)
+    uvicorn.run(create_app(settings, model_spec=model), host=host or settings.serve.host,
+                port=port if port is not None else settings.serve.port, log_level="info")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

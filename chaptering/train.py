@@ -245,6 +245,8 @@ def train_preference(
         from trl import KTOConfig, KTOTrainer
 
         ds = dataset.select_columns(["prompt", "completion", "label"]).shuffle(seed=cfg.seed)
+        # KTO estimates its KL term from mismatched pairs inside a batch: it needs at least two rows
+        common["per_device_train_batch_size"] = max(2, cfg.batch_size)
         args = KTOConfig(**common, beta=cfg.dpo_beta, max_length=cfg.max_length)
         trainer = KTOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
                              callbacks=[tracker.callback])

@@ -56,7 +56,7 @@ def commit(settings: Settings, run_dir: Path) -> dict[str, int]:
     return pipeline.commit_stage(settings, run_dir)
 
 
-@flow(name="nightly-retrain", log_prints=True)
+@flow(name="nightly-retrain")
 def nightly_retrain(
     base_model: str | None = None,
     max_steps: int | None = None,
@@ -87,7 +87,7 @@ def nightly_retrain(
     summary = pipeline.summarize(ingested, curated, build, outcome, evals, decision, committed)
     create_markdown_artifact(key="nightly-summary", markdown=summary, description="nightly retrain summary")
     (run_dir / "summary.md").write_text(summary)
-    print(summary)
+    logger.info("%s", summary)
     return {"run_dir": str(run_dir), "trained": outcome.trained, "decision": decision.to_dict()}
 
 

@@ -1,0 +1,94 @@
+"""Training on CPU with the tiny model: SFT and DPO/KTO steps change the adapter and lower the loss,
+a crashed run resumes from its checkpoint, and the backend choice is right for this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from factories import make_transcript
+from safetensors.torch import load_file
+
+from chaptering.config import TrainSettings
+from chaptering.datasets import Windowing, dpo_rows_synthetic, sample_rows, sft_rows
+from chaptering.models import load_tokenizer
+from chaptering.train import choose_backend, train_preference, train_sft
+
+
+def _cfg(**kw) -> TrainSettings:
+    base = dict(max_steps=6, grad_accum=1, max_length=512, save_steps=2, learning_rate=5e-3, dpo_steps=3,
+                target_modules=["q_proj", "v_proj"], lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    return TrainSettings(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def rows(tiny_dir: Path) -> list[dict]:
+    win = Windowing(load_tokenizer(str(tiny_dir)), 512, 24)
+    return list(sft_rows([make_transcript(30, (0, 10, 20), tid=f"t{i}") for i in range(2)], win))
+
+
+def _lora_b(adapter: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in load_file(str(adapter / "adapter_model.safetensors")).items() if "lora_B" in k}
+
+
+def test_backend_on_cpu_is_peft() -> None:
+    assert choose_backend("auto") == "peft"
+    assert choose_backend("peft") == "peft"
+    with pytest.raises(RuntimeError, match="CUDA"):
+        choose_backend("unsloth")
+
+
+def test_sft_changes_adapter_and_lowers_loss(rows, tiny_dir: Path, tmp_path: Path) -> None:
+    result = train_sft(Dataset.from_list(rows * 4), str(tiny_dir), tmp_path, _cfg())
+    assert result.steps == 6 and result.tokens_seen > 0
+    assert result.last_loss < result.first_loss
+    # LoRA B starts at zero: any non-zero entry was learned
+    assert any(v.abs().sum() > 0 for v in _lora_b(result.adapter_dir).values())
+    assert (result.adapter_dir / "training.json").is_file()
+
+
+def test_sft_resumes_after_crash(rows, tiny_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt, match="simulated crash"):
+        train_sft(Dataset.from_list(rows * 4), str(tiny_dir), tmp_path, _cfg(), stop_after=3)
+    assert (tmp_path / "checkpoints" / "checkpoint-2").is_dir()
+    result = train_sft(Dataset.from_list(rows * 4), str(tiny_dir), tmp_path, _cfg())
+    assert result.resumed_from is not None and result.resumed_from.endswith("checkpoint-2")
+    assert result.steps == 6
+
+
+def test_dpo_and_kto_on_top_of_sft(rows, tiny_dir: Path, tmp_path: Path) -> None:
+    cfg = _cfg(max_steps=2)
+    sft = train_sft(Dataset.from_list(rows), str(tiny_dir), tmp_path / "sft", cfg)
+    before = _lora_b(sft.adapter_dir)
+    win = Windowing(load_tokenizer(str(tiny_dir)), 512, 24)
+    pairs = list(dpo_rows_synthetic([make_transcript(30, (0, 10, 20), tid=f"d{i}") for i in range(3)], win, seed=0))
+    assert pairs and all(p["chosen"] != p["rejected"] for p in pairs)
+    dpo = train_preference(Dataset.from_list(pairs), "dpo", str(tiny_dir), sft.adapter_dir, tmp_path / "dpo", cfg)
+    after = _lora_b(dpo.adapter_dir)
+    assert dpo.steps == cfg.dpo_steps
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    kto_rows = [{"prompt": p["prompt"], "completion": p[k], "label": k == "chosen"} for p in pairs
+                for k in ("chosen", "rejected")]
+    kto = train_preference(Dataset.from_list(kto_rows), "kto", str(tiny_dir), dpo.adapter_dir, tmp_path / "kto", cfg)
+    assert kto.steps == cfg.dpo_steps
+
+
+def test_sampling_downweights_single_chapter_windows() -> None:
+    ds = Dataset.from_list([{"source": "a", "n_chapters": 1, "i": i} for i in range(80)]
+                           + [{"source": "a", "n_chapters": 3, "i": i} for i in range(20)])
+    picked = sample_rows(ds, 20, seed=0, single_chapter_weight=0.25)
+    share_single = sum(1 for r in picked if r["n_chapters"] == 1) / len(picked)
+    assert len(picked) == 20 and share_single <= 0.6  # 80 % in the pool
+
+
+@pytest.mark.gpu
+def test_unsloth_qlora_step(rows, tmp_path: Path) -> None:
+    """On CUDA: a real 4-bit Unsloth step on the embedded model."""
+    from chaptering.models import convert_embedded
+
+    base = str(convert_embedded(tmp_path / "cache"))
+    result = train_sft(Dataset.from_list(rows * 2), base, tmp_path / "u", _cfg(max_steps=2, learning_rate=2e-4),
+                       backend=choose_backend("unsloth"))
+    assert result.backend == "unsloth" and result.steps == 2
