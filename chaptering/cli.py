@@ -212,11 +212,14 @@ def serve(
     set: SetOpt = None,
 ) -> None:
     """Serve /v1/chapters, /v1/feedback, /v1/model and /healthz (FastAPI on uvicorn)."""
+    import logging
+
     import uvicorn
 
     from chaptering.serve import create_app
 
     settings = _settings(set)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     uvicorn.run(create_app(settings, model_spec=model), host=host or settings.serve.host,
                 port=port if port is not None else settings.serve.port, log_level="info")
 

@@ -88,7 +88,8 @@ class ChaptersOut(BaseModel):
     youtube: str | None = Field(description="YouTube description chapters; null without timestamps")
     webvtt: str | None = Field(description="WebVTT chapters track; null without timestamps")
     health: str | None = None
-    latency_s: float
+    latency_s: float = Field(description="Seconds in the service: waiting for a model slot + generating")
+    generation_s: float | None = Field(default=None, description="Seconds the model itself took")
     warnings: list[str] = Field(default_factory=list)
 
 
@@ -500,6 +501,7 @@ def _openapi_chapters_body() -> dict[str, Any]:
     upload = {
         "type": "object",
         "required": ["file"],
+        "additionalProperties": False,
         "properties": {
             "file": {"type": "string", "format": "binary", "description": ".vtt, .srt, .json or .jsonl"},
             "id": {"type": "string", "description": "transcript id (default: the file name's stem)"},
@@ -581,7 +583,7 @@ def create_app(settings: Settings, chapterer_loader: Loader | None = None, model
         return ChaptersOut(prediction_id=pid, transcript_id=transcript.id, model_version=live.version,
                            model=pred.model, chapters=pred.chapters, youtube=youtube, webvtt=webvtt,
                            health=pred.meta.get("health"), latency_s=round(time.perf_counter() - t0, 3),
-                           warnings=warnings)
+                           generation_s=pred.meta.get("latency_s"), warnings=warnings)
 
     @app.post("/v1/feedback", response_model=FeedbackOut, status_code=201, responses=_ERRORS,
               dependencies=[Depends(_check_token)])

@@ -1,5 +1,11 @@
 """Small transcripts for tests."""
 
+import itertools
+import json
+from pathlib import Path
+
+from chaptering.config import PROJECT_ROOT, DataSettings, ModelSettings, Settings, TrainSettings
+from chaptering.io import read_transcripts, write_jsonl
 from chaptering.schema import Chapter, Segment, Transcript
 
 
@@ -13,3 +19,27 @@ def make_transcript(n: int = 30, chapters: tuple[int, ...] = (0, 10, 20), tid: s
         ],
         chapters=[Chapter(title=f"Topic {k}", start_segment=s) for k, s in enumerate(chapters)],
     )
+
+
+def _raw_lines(path: Path):
+    with path.open(encoding="utf-8") as f:
+        yield from (json.loads(line) for line in f if line.strip())
+
+
+def small_project(tmp_path: Path, tiny_dir: Path) -> Settings:
+    """Eight real training videos, three real held-out videos, two optimizer steps."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    train = itertools.islice(_raw_lines(PROJECT_ROOT / "data" / "train" / "vidchapters-short.jsonl"), 8)
+    write_jsonl(inputs / "videos.jsonl", train)
+    heldout = [t for t in read_transcripts(PROJECT_ROOT / "data" / "eval" / "heldout.jsonl")
+               if t.source.startswith("vidchapters")][:3]
+    eval_path = tmp_path / "eval" / "heldout.jsonl"
+    write_jsonl(eval_path, (json.loads(t.model_dump_json()) for t in heldout))
+    return Settings(
+        state_dir=tmp_path / "state",
+        model=ModelSettings(base=str(tiny_dir), context_tokens=512, max_new_tokens=24),
+        data=DataSettings(inputs=[inputs], internal_dir=tmp_path / "internal", eval_path=eval_path),
+        train=TrainSettings(max_steps=2, grad_accum=1, max_length=512, save_steps=100, dpo_steps=1,
+                            target_modules=["q_proj", "v_proj"], lora_r=4, lora_alpha=8),
+    ).prepare()
