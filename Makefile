@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 TORCH ?= torch==2.13.0
 
-.PHONY: setup run test bench-quality clean
+.PHONY: setup run test bench-quality bench-train bench-curate bench-serve clean
 
 setup: $(VENV)/.installed
 
@@ -18,14 +18,24 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(VENV)/bin/chaptering predict data/demo/seed-home-tour.vtt --model base --out out/demo-predictions.jsonl
-	$(VENV)/bin/chaptering evaluate --data data/eval/heldout.jsonl --model baseline:equal --model baseline:texttiling --out out/eval
+	$(VENV)/bin/chaptering retrain
+	$(VENV)/bin/chaptering models
+	$(VENV)/bin/chaptering predict data/demo/seed-home-tour.vtt --model champion --out out/demo-predictions.jsonl
 
 test: setup
 	$(PY) -m pytest -q
 
 bench-quality: setup
-	$(PY) bench/quality.py
+	$(PY) bench/quality.py --model champion
+
+bench-train: setup
+	$(PY) bench/train.py
+
+bench-curate: setup
+	$(PY) bench/curate.py
+
+bench-serve: setup
+	$(PY) bench/serve.py
 
 clean:
 	rm -rf out .pytest_cache

@@ -214,8 +214,8 @@ def minhash(shingles: np.ndarray, num_perm: int, seed: int = 1) -> MinHash:
 # ------------------------------------------------------------------------------------------- filters
 
 
-def detect_language(t: Transcript, sample_chars: int = 2000) -> str | None:
-    """ISO code langdetect gives the first ~2000 characters (seeded: the same text, the same answer)."""
+def detect_language(t: Transcript, sample_chars: int = 1000) -> str | None:
+    """ISO code langdetect gives the first ~1000 characters (seeded: the same text, the same answer)."""
     from langdetect import DetectorFactory, detect
     from langdetect.lang_detect_exception import LangDetectException
 

@@ -248,6 +248,7 @@ class ModelHolder:
             # No champion: the base model at start-up; a vanished alias later is not a reason to downgrade.
             return None if live is not None else ("base", "base", "base")
         if live is not None and live.version == version:
+            self.last_error = None  # the registry answers and names what we serve: nothing is wrong
             return None
         return f"models:/{self.settings.registered_model}/{version}", version, "registry"
 
@@ -436,9 +437,21 @@ class BodyLimit:
 # ------------------------------------------------------------------------------------------ the app
 
 
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
 def _default_loader(spec: str, settings: Settings) -> Any:
+    """`predict.load_chapterer`; a local folder given as the model must hold safetensors only (registry
+    versions are checked by `registry.fetch_adapter`)."""
+    from pathlib import Path
+
     from chaptering.predict import load_chapterer
 
+    path = Path(spec)
+    if path.is_dir():
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+        if pickles:
+            raise ValueError(f"{path}: refusing pickled weight files {pickles}: serve safetensors only")
     return load_chapterer(spec, settings)
 
 
@@ -548,7 +561,7 @@ def create_app(settings: Settings, chapterer_loader: Loader | None = None, model
         body = exc.detail if isinstance(exc.detail, dict) else {"detail": str(exc.detail), "errors": []}
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
-    def _check_token(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    def _check_token(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
         token = settings.serve.token
         if not token:
             return

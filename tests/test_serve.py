@@ -285,6 +285,15 @@ def test_real_generation_stops_at_the_deadline(tiny_dir: Path, tmp_path: Path) -
     assert elapsed < 5
 
 
+def test_pinned_folder_with_pickled_weights_is_refused(tiny_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dir, folder)
+    (folder / "pytorch_model.bin").write_bytes(b"not loaded")
+    app = create_app(make_settings(tmp_path, tiny_dir), model_spec=str(folder))
+    with pytest.raises(ValueError, match="pickled"), TestClient(app):
+        pass
+
+
 # ------------------------------------------------------------------------------------ model, health
 
 
