@@ -137,6 +137,7 @@ class Settings(BaseSettings):
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("PREFECT_HOME", str((self.state_dir / "prefect").resolve()))
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no phoning home, no lock fights
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # busy 2-core machines
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

@@ -16,6 +16,7 @@ from chaptering.schema import Chapter, Transcript
 
 PROMPT_VERSION = "lines-json-v1"
 LINE_WORDS = 40  # long turns are cut so a window holds more of the story
+LINE_CHARS = 400  # and so is a "word" of junk: one line can never outgrow the context window
 MAX_TITLE_WORDS = 10
 MAX_TITLE_CHARS = 80
 
@@ -41,7 +42,9 @@ def fmt_time(seconds: float) -> str:
 
 def render_line(i: int, text: str, start: float | None) -> str:
     words = text.split()
-    body = " ".join(words[:LINE_WORDS]) + (" …" if len(words) > LINE_WORDS else "")
+    body = " ".join(words[:LINE_WORDS])
+    if len(words) > LINE_WORDS or len(body) > LINE_CHARS:
+        body = body[:LINE_CHARS] + " …"
     return f"[{i}] ({fmt_time(start)}) {body}" if start is not None else f"[{i}] {body}"
 
 

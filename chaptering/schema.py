@@ -15,8 +15,8 @@ class Segment(BaseModel):
 
     text: str
     speaker: str | None = None
-    start: float | None = None
-    end: float | None = None
+    start: float | None = Field(default=None, allow_inf_nan=False)
+    end: float | None = Field(default=None, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _times(self) -> Segment:

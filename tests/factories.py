@@ -4,6 +4,7 @@ import itertools
 import json
 from pathlib import Path
 
+from chaptering import pipeline
 from chaptering.config import PROJECT_ROOT, DataSettings, ModelSettings, Settings, TrainSettings
 from chaptering.io import read_transcripts, write_jsonl
 from chaptering.schema import Chapter, Segment, Transcript
@@ -43,3 +44,20 @@ def small_project(tmp_path: Path, tiny_dir: Path) -> Settings:
         train=TrainSettings(max_steps=2, grad_accum=1, max_length=512, save_steps=100, dpo_steps=1,
                             target_modules=["q_proj", "v_proj"], lora_r=4, lora_alpha=8),
     ).prepare()
+
+
+def run_once(settings: Settings, fail_at: str | None = None) -> dict:
+    """The flow's stage sequence without Prefect (test_deploy covers Prefect itself)."""
+    run_dir = pipeline.new_run_dir(settings)
+    ingested = pipeline.ingest_stage(settings, run_dir)
+    curated = pipeline.curate_stage(settings, run_dir)
+    build = pipeline.dataset_stage(settings, run_dir)
+    outcome = pipeline.train_stage(settings, build, run_dir)
+    if fail_at == "evaluate":
+        raise RuntimeError("simulated evaluation failure")
+    evals = pipeline.evaluate_stage(settings, outcome, run_dir)
+    decision = pipeline.register_stage(settings, outcome, evals, build)
+    committed = pipeline.commit_stage(settings, run_dir)
+    summary = pipeline.summarize(ingested, curated, build, outcome, evals, decision, committed)
+    return {"ingested": ingested, "curated": curated, "build": build, "outcome": outcome, "decision": decision,
+            "summary": summary}

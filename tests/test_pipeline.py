@@ -11,32 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from chaptering import pipeline, registry
+from chaptering import registry
 from chaptering.config import Settings
 from chaptering.io import read_transcripts
-from factories import small_project
+from factories import run_once, small_project
 
 
 @pytest.fixture
 def flow_settings(tmp_path: Path, tiny_dir: Path) -> Settings:
     return small_project(tmp_path, tiny_dir)
-
-
-def run_once(settings: Settings, fail_at: str | None = None) -> dict:
-    """The flow's stage sequence without Prefect (the flow test covers Prefect itself)."""
-    run_dir = pipeline.new_run_dir(settings)
-    ingested = pipeline.ingest_stage(settings, run_dir)
-    curated = pipeline.curate_stage(settings, run_dir)
-    build = pipeline.dataset_stage(settings, run_dir)
-    outcome = pipeline.train_stage(settings, build, run_dir)
-    if fail_at == "evaluate":
-        raise RuntimeError("simulated evaluation failure")
-    evals = pipeline.evaluate_stage(settings, outcome, run_dir)
-    decision = pipeline.register_stage(settings, outcome, evals, build)
-    committed = pipeline.commit_stage(settings, run_dir)
-    summary = pipeline.summarize(ingested, curated, build, outcome, evals, decision, committed)
-    return {"ingested": ingested, "curated": curated, "build": build, "outcome": outcome, "decision": decision,
-            "summary": summary}
 
 
 def _add_feedback(settings: Settings) -> None:

@@ -94,3 +94,23 @@ def test_seed_parser_fuzzy_matches_start_text():
     res = prompt.parse_seed_answer(answer, t, 0, 30)
     assert res.chapters == [(0, "A"), (10, "B")]
     assert "start_text matched no segment" in res.repairs and res.health == "repaired"
+
+
+def test_render_line_caps_words_and_characters() -> None:
+    from chaptering.prompt import LINE_CHARS, LINE_WORDS, render_line
+
+    assert render_line(0, " ".join(["w"] * (LINE_WORDS + 5)), None).endswith("…")
+    huge = render_line(3, "x" * 100_000, 61.0)
+    assert len(huge) < LINE_CHARS + 30 and huge.startswith("[3] (01:01)")
+
+
+def test_segment_rejects_infinite_times() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from chaptering.schema import Segment
+
+    with pytest.raises(ValidationError):
+        Segment(text="a", start=float("inf"))
+    with pytest.raises(ValidationError):
+        Segment.model_validate_json('{"text": "a", "start": 0, "end": 1e999}')
