@@ -15,7 +15,6 @@ import multiprocessing as mp
 import random
 import resource
 import time
-from pathlib import Path
 from typing import Iterator
 
 from chaptering.config import PROJECT_ROOT, get_settings

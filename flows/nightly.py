@@ -87,7 +87,8 @@ def nightly_retrain(
     summary = pipeline.summarize(ingested, curated, build, outcome, evals, decision, committed)
     create_markdown_artifact(key="nightly-summary", markdown=summary, description="nightly retrain summary")
     (run_dir / "summary.md").write_text(summary)
-    logger.info("%s", summary)
+    logger.info("version %s %s: %s", decision.version or "-", "promoted" if decision.promoted else "not promoted",
+                "; ".join(decision.reasons))
     return {"run_dir": str(run_dir), "trained": outcome.trained, "decision": decision.to_dict()}
 
 

@@ -50,3 +50,20 @@ def settings(tmp_path: Path, tiny_dir: Path) -> Settings:
         state_dir=tmp_path / "state",
         model=ModelSettings(base=str(tiny_dir), context_tokens=512, max_new_tokens=24),
     ).prepare()
+
+
+@pytest.fixture(scope="session")
+def adapter_dir(tiny_dir: Path, tmp_path_factory) -> Path:
+    """A real (random) LoRA adapter on the tiny model, saved as PEFT does after training."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("adapter") / "adapter"
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_dir))
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  task_type="CAUSAL_LM"))
+    peft_model.save_pretrained(str(out), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(tiny_dir)).save_pretrained(str(out))
+    return out

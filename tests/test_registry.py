@@ -37,23 +37,6 @@ def report(f1: float, pk: float, unusable: float = 0.0, fp: str = FP, name: str 
 
 
 @pytest.fixture(scope="module")
-def adapter_dir(tiny_dir: Path, tmp_path_factory) -> Path:
-    """A real (random) LoRA adapter on the tiny model, saved as PEFT does after training."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("adapter") / "adapter"
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_dir))
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                  task_type="CAUSAL_LM"))
-    peft_model.save_pretrained(str(out), safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(tiny_dir)).save_pretrained(str(out))
-    return out
-
-
-@pytest.fixture(scope="module")
 def blank_db(tmp_path_factory) -> Path:
     """An empty, migrated MLflow SQLite store: copying it saves each test MLflow's ~2 s of migrations."""
     from mlflow import MlflowClient

@@ -326,23 +326,6 @@ def test_in_flight_request_finishes_on_the_old_model(tiny_dir: Path, tmp_path: P
 # -------------------------------------------------------------------------------- registry hot reload
 
 
-@pytest.fixture(scope="module")
-def adapter_dir(tiny_dir: Path, tmp_path_factory) -> Path:
-    """A real (random) LoRA adapter on the tiny model, saved as PEFT does after training."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("serve-adapter") / "adapter"
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_dir))
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                  task_type="CAUSAL_LM"))
-    peft_model.save_pretrained(str(out), safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(tiny_dir)).save_pretrained(str(out))
-    return out
-
-
 @pytest.fixture
 def reg(tmp_path: Path, tiny_dir: Path, monkeypatch) -> Settings:
     monkeypatch.chdir(tmp_path)  # a stray ./mlruns would land here
