@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 
 from chaptering.config import get_settings
-from chaptering.evaluate import evaluate, markdown_table, plot_compare, write_report
+from chaptering.evaluate import Report, evaluate, fingerprint, markdown_table, plot_compare, write_report
 from chaptering.io import read_transcripts
 from chaptering.predict import load_chapterer
+from chaptering.prompt import PARSER_VERSION, PROMPT_VERSION
 
 DEFAULT = ["baseline:random", "baseline:single", "baseline:equal", "baseline:texttiling",
            "baseline:embedding", "baseline:seed", "base"]
@@ -26,6 +27,7 @@ def main() -> None:
     ap.add_argument("--model", action="append", default=[], help="extra models (champion, PATH, models:/...)")
     ap.add_argument("--only", action="append", default=None, help="run just these models")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "quality")
+    ap.add_argument("--fresh", action="store_true", help="re-run fixed models even if a matching report is stored")
     args = ap.parse_args()
     settings = get_settings().prepare()
     data = args.data or settings.data.eval_path
@@ -33,13 +35,25 @@ def main() -> None:
     specs = args.only or DEFAULT + args.model
     reports = []
     for spec in specs:
+        out = args.out / spec.replace(":", "-").replace("/", "_")
+        key = json.dumps([spec, fingerprint(transcripts), settings.model.model_dump(), PROMPT_VERSION, PARSER_VERSION,
+                          settings.seed],
+                         sort_keys=True)
+        stored = out / "report.json"
+        # Fixed models (baselines, the base model) give the same numbers for the same key: reuse them.
+        if spec in DEFAULT and not args.fresh and stored.is_file() and (out / "key.json").is_file() \
+                and (out / "key.json").read_text() == key:
+            reports.append(Report.from_json(stored.read_text()))
+            print(markdown_table([reports[-1]]).splitlines()[-1] + "  (stored)", flush=True)
+            continue
         try:
             chapterer = load_chapterer(spec, settings)
         except LookupError as e:  # e.g. no champion yet
             print(f"skip {spec}: {e}")
             continue
         report, predictions = evaluate(chapterer, transcripts, data_name=str(data))
-        write_report(report, predictions, transcripts, args.out / spec.replace(":", "-").replace("/", "_"))
+        write_report(report, predictions, transcripts, out)
+        (out / "key.json").write_text(key)
         reports.append(report)
         print(markdown_table([report]).splitlines()[-1], flush=True)
     table = markdown_table(reports)

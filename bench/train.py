@@ -61,7 +61,8 @@ def main() -> None:
     win = Windowing(load_tokenizer(base), settings.model.context_tokens, settings.model.max_new_tokens)
     transcripts = [t for p in sorted((PROJECT_ROOT / "data" / "train").glob("*.jsonl")) for t in read_transcripts(p)]
     rows = Dataset.from_list(list(sft_rows(transcripts, win)))
-    rows = sample_rows(rows, cfg.max_steps * cfg.batch_size * cfg.grad_accum, cfg.seed, cfg.single_chapter_weight)
+    rows = sample_rows(rows, cfg.max_steps * cfg.batch_size * cfg.grad_accum, cfg.seed, cfg.single_chapter_weight,
+                       cfg.balance_sources, cfg.source_shares)
     device = "cuda" if cuda_available() else "cpu"
     gflops = matmul_gflops(device=device)
     backend = choose_backend(cfg.backend)

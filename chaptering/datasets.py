@@ -61,12 +61,15 @@ def sft_rows(transcripts: Iterable[Transcript], win: Windowing) -> Iterator[dict
             }
 
 
-def sample_rows(ds: Any, n: int, seed: int, single_chapter_weight: float = 0.25, balance_sources: bool = True) -> Any:
+def sample_rows(ds: Any, n: int, seed: int, single_chapter_weight: float = 0.25, balance_sources: bool = True,
+                source_shares: dict[str, float] | None = None) -> Any:
     """Pick `n` rows for a CPU-sized training budget, weighted so the model sees boundaries.
 
     Long meetings and lectures cut into windows give mostly single-chapter windows (60% here), and a
-    model trained on that mix learns to answer with one chapter. Each source (family before the `/`)
-    gets an equal share, and windows without a boundary are down-weighted.
+    model trained on that mix learns to answer with one chapter. Each source family (before the `/`)
+    gets the share `source_shares` names, the families not named split the rest equally (or, without
+    `balance_sources`, take rows in proportion to the pool), and windows without a boundary are
+    down-weighted.
     """
     import numpy as np
 
@@ -74,10 +77,14 @@ def sample_rows(ds: Any, n: int, seed: int, single_chapter_weight: float = 0.25,
         return ds.shuffle(seed=seed)
     families = [str(s).split("/")[0] for s in ds["source"]]
     sizes = Counter(families)
-    w = np.array([
-        (1.0 / sizes[f] if balance_sources else 1.0) * (single_chapter_weight if k <= 1 else 1.0)
-        for f, k in zip(families, ds["n_chapters"])
-    ])
+    named = {f: v for f, v in (source_shares or {}).items() if f in sizes}
+    rest = [f for f in sizes if f not in named]
+    left = max(0.0, 1.0 - sum(named.values()))
+    share = {**named, **{f: left / len(rest) for f in rest}} if rest else named
+    if not balance_sources and not named:
+        share = {f: sizes[f] / len(families) for f in sizes}
+    w = np.array([share[f] / sizes[f] * (single_chapter_weight if k <= 1 else 1.0)
+                  for f, k in zip(families, ds["n_chapters"])])
     idx = np.random.default_rng(seed).choice(len(ds), size=n, replace=False, p=w / w.sum())
     return ds.select(idx.tolist())
 

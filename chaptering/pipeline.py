@@ -303,10 +303,11 @@ def base_report(settings: Settings) -> Any:
     from chaptering.evaluate import Report, evaluate, fingerprint
     from chaptering.heldout import load_heldout
     from chaptering.predict import load_chapterer
-    from chaptering.prompt import PROMPT_VERSION
+    from chaptering.prompt import PARSER_VERSION, PROMPT_VERSION
 
     transcripts = load_heldout(settings.data.eval_path)
-    key = hashlib.sha256(json.dumps([settings.model.model_dump(), fingerprint(transcripts), PROMPT_VERSION],
+    key = hashlib.sha256(json.dumps([settings.model.model_dump(), fingerprint(transcripts), PROMPT_VERSION,
+                                     PARSER_VERSION],
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = settings.cache_dir / "eval" / f"base-{key}.json"
     if path.is_file():

@@ -15,6 +15,7 @@ from typing import Any, Literal, Sequence
 from chaptering.schema import Chapter, Transcript
 
 PROMPT_VERSION = "lines-json-v1"
+PARSER_VERSION = "repair-v2"  # part of every cached evaluation's key: a new repair changes the numbers
 LINE_WORDS = 40  # long turns are cut so a window holds more of the story
 LINE_CHARS = 400  # and so is a "word" of junk: one line can never outgrow the context window
 MAX_TITLE_WORDS = 10
@@ -213,6 +214,9 @@ def parse_answer(text: str, n_lines: int) -> ParseResult:
         title = clean_title(raw) if isinstance(raw, str) else ""
         if title != (raw if isinstance(raw, str) else None):
             repairs.append("trimmed title" if title else "filled empty title")
+        if title and chapters and title.casefold() == chapters[-1][1].casefold():
+            repairs.append(f"merged repeated title at {start}")  # a decoding loop, not a new chapter
+            continue
         chapters.append((start, title or f"Chapter {len(chapters) + 1}"))
     if not chapters:
         return ParseResult([(0, "Chapter 1")], "unusable", repairs + ["no valid chapter"])

@@ -206,7 +206,8 @@ def train_sft(
     from chaptering.datasets import sample_rows
 
     if max_samples is not None and "n_chapters" in dataset.column_names:
-        dataset = sample_rows(dataset, max_samples, cfg.seed, cfg.single_chapter_weight, cfg.balance_sources)
+        dataset = sample_rows(dataset, max_samples, cfg.seed, cfg.single_chapter_weight, cfg.balance_sources,
+                              cfg.source_shares)
     elif max_samples is not None:
         dataset = dataset.shuffle(seed=cfg.seed).select(range(min(max_samples, len(dataset))))
     ds = dataset.select_columns(["prompt", "completion"]).shuffle(seed=cfg.seed)

@@ -114,3 +114,13 @@ def test_segment_rejects_infinite_times() -> None:
         Segment(text="a", start=float("inf"))
     with pytest.raises(ValidationError):
         Segment.model_validate_json('{"text": "a", "start": 0, "end": 1e999}')
+
+
+def test_parser_merges_a_repeated_title_loop() -> None:
+    from chaptering.prompt import parse_answer
+
+    text = '[{"start": 0, "title": "Intro"}, {"start": 3, "title": "Setup"}, {"start": 4, "title": "setup"}, ' \
+           '{"start": 5, "title": "Setup"}, {"start": 9, "title": "Wrap up"}]'
+    result = parse_answer(text, 12)
+    assert result.chapters == [(0, "Intro"), (3, "Setup"), (9, "Wrap up")]
+    assert result.health == "repaired" and sum("merged repeated title" in r for r in result.repairs) == 2

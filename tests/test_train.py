@@ -92,3 +92,11 @@ def test_unsloth_qlora_step(rows, tmp_path: Path) -> None:
     result = train_sft(Dataset.from_list(rows * 2), base, tmp_path / "u", _cfg(max_steps=2, learning_rate=2e-4),
                        backend=choose_backend("unsloth"))
     assert result.backend == "unsloth" and result.steps == 2
+
+
+def test_sampling_gives_named_sources_their_share() -> None:
+    ds = Dataset.from_list([{"source": "video", "n_chapters": 3}] * 50 + [{"source": "meet/a", "n_chapters": 3}] * 300
+                           + [{"source": "lecture", "n_chapters": 3}] * 300)
+    picked = sample_rows(ds, 40, seed=0, source_shares={"video": 0.5})
+    videos = sum(1 for r in picked if r["source"] == "video")
+    assert 12 <= videos <= 28  # about half, though videos are 8 % of the pool
