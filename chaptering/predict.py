@@ -25,8 +25,10 @@ class LLMChapterer:
         context_tokens: int = 2048,
         max_new_tokens: int = 200,
         style: Literal["lines", "seed"] = "lines",
+        repetition_penalty: float = 1.0,
     ) -> None:
         self.model, self.tok, self.name = model, tokenizer, name
+        self.repetition_penalty = repetition_penalty
         self.max_new_tokens, self.style = max_new_tokens, style
         limit = getattr(model.config, "max_position_embeddings", context_tokens) or context_tokens
         self.context_tokens = min(context_tokens, limit)
@@ -54,6 +56,7 @@ class LLMChapterer:
                 **enc,
                 max_new_tokens=self.max_new_tokens,
                 do_sample=False,
+                repetition_penalty=self.repetition_penalty,
                 pad_token_id=self.tok.pad_token_id or self.tok.eos_token_id,
             )
         new = out[0, enc["input_ids"].shape[1] :]
@@ -121,7 +124,8 @@ def load_chapterer(spec: str, settings: Any) -> Any:
     from chaptering.models import load_model, read_adapter_base, resolve_base
 
     cache = settings.cache_dir
-    llm_kwargs = dict(context_tokens=settings.model.context_tokens, max_new_tokens=settings.model.max_new_tokens)
+    llm_kwargs = dict(context_tokens=settings.model.context_tokens, max_new_tokens=settings.model.max_new_tokens,
+                      repetition_penalty=settings.model.repetition_penalty)
     if spec.startswith("baseline:"):
         name = spec.split(":", 1)[1]
         if name == "seed":
