@@ -150,10 +150,7 @@ def retrain(
 
     result = nightly_retrain(base_model=base_model, max_steps=max_steps, force=force,
                              inputs=[str(p) for p in input] if input else None, overrides=set or None)
-    from rich.console import Console
-    from rich.markdown import Markdown
-
-    Console().print(Markdown((Path(result["run_dir"]) / "summary.md").read_text()))
+    typer.echo((Path(result["run_dir"]) / "summary.md").read_text())  # plain: the table stays a table
     typer.echo(f"run folder: {result['run_dir']}")
 
 
