@@ -20,7 +20,6 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(VENV)/bin/chaptering retrain
 	$(VENV)/bin/chaptering models
-	$(VENV)/bin/chaptering predict data/demo/seed-home-tour.vtt --model champion --out out/demo-predictions.jsonl
 
 test: setup
 	$(PY) -m pytest -q
