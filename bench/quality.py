@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 
 from chaptering.config import get_settings
-from chaptering.evaluate import Report, evaluate, fingerprint, markdown_table, plot_compare, write_report
+from chaptering.evaluate import Report, evaluate, fingerprint, markdown_table, plot_compare, result_key, write_report
 from chaptering.io import read_transcripts
 from chaptering.predict import load_chapterer
-from chaptering.prompt import PARSER_VERSION, PROMPT_VERSION
 
 DEFAULT = ["baseline:random", "baseline:single", "baseline:equal", "baseline:texttiling",
            "baseline:embedding", "baseline:seed", "base"]
@@ -36,9 +35,7 @@ def main() -> None:
     reports = []
     for spec in specs:
         out = args.out / spec.replace(":", "-").replace("/", "_")
-        key = json.dumps([spec, fingerprint(transcripts), settings.model.model_dump(), PROMPT_VERSION, PARSER_VERSION,
-                          settings.seed],
-                         sort_keys=True)
+        key = result_key(spec, transcripts, settings)
         stored = out / "report.json"
         # Fixed models (baselines, the base model) give the same numbers for the same key: reuse them.
         if spec in DEFAULT and not args.fresh and stored.is_file() and (out / "key.json").is_file() \

@@ -55,6 +55,16 @@ def fingerprint(transcripts: Sequence[Transcript]) -> str:
     return h.hexdigest()[:16]
 
 
+def result_key(spec: str, transcripts: Sequence[Transcript], settings: Any) -> str:
+    """What fixes a fixed model's numbers (eval set, decoding, prompt, parser, seed): cached reports
+    are reused only under the same key."""
+    from chaptering.prompt import PARSER_VERSION, PROMPT_VERSION
+
+    blob = json.dumps([spec, fingerprint(transcripts), settings.model.model_dump(), PROMPT_VERSION, PARSER_VERSION,
+                       settings.seed], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def evaluate(
     chapterer: Any, transcripts: Sequence[Transcript], data_name: str = "", progress: bool = True
 ) -> tuple[Report, list[Prediction]]:

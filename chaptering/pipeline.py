@@ -300,15 +300,12 @@ def train_stage(settings: Settings, build: BuildOutput, run_dir: Path, force: bo
 
 def base_report(settings: Settings) -> Any:
     """The zero-shot base model on the held-out set, cached per (base, eval set, prompt, decoding)."""
-    from chaptering.evaluate import Report, evaluate, fingerprint
+    from chaptering.evaluate import Report, evaluate, result_key
     from chaptering.heldout import load_heldout
     from chaptering.predict import load_chapterer
-    from chaptering.prompt import PARSER_VERSION, PROMPT_VERSION
 
     transcripts = load_heldout(settings.data.eval_path)
-    key = hashlib.sha256(json.dumps([settings.model.model_dump(), fingerprint(transcripts), PROMPT_VERSION,
-                                     PARSER_VERSION],
-                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = result_key("base", transcripts, settings)
     path = settings.cache_dir / "eval" / f"base-{key}.json"
     if path.is_file():
         return Report.from_json(path.read_text())
