@@ -1,6 +1,6 @@
 """One prompt for training, evaluation and serving: render a transcript window, parse the answer.
 
-The model sees numbered lines `[12] (03:41) text` (numbers relative to the window, times absolute)
+The model sees numbered lines `(03:41) text [12]` (numbers relative to the window, times absolute)
 and answers with JSON only: `[{"start": 0, "title": "Intro"}, ...]`. The parser is strict but repairs
 what it can, and says what it repaired so evaluation can report output health.
 """
@@ -14,7 +14,7 @@ from typing import Any, Literal, Sequence
 
 from chaptering.schema import Chapter, Transcript
 
-PROMPT_VERSION = "lines-json-v1"
+PROMPT_VERSION = "lines-json-v2"  # v2: the line number closes the line (see render_line)
 PARSER_VERSION = "repair-v2"  # part of every cached evaluation's key: a new repair changes the numbers
 LINE_WORDS = 40  # long turns are cut so a window holds more of the story
 LINE_CHARS = 400  # and so is a "word" of junk: one line can never outgrow the context window
@@ -23,7 +23,7 @@ MAX_TITLE_CHARS = 80
 
 SYSTEM = "You split video transcripts into chapters and give each chapter a short title."
 INSTRUCTION = (
-    "Split this transcript into chapters. Each line is `[n] (time) text`. Answer with JSON only: a list of "
+    "Split this transcript into chapters. Each line is `(time) text [n]`. Answer with JSON only: a list of "
     'objects {"start": n, "title": "..."} where start is the line where the chapter begins, in increasing '
     "order, the first at 0, with short titles (2-6 words).\n\n"
 )
@@ -42,11 +42,15 @@ def fmt_time(seconds: float) -> str:
 
 
 def render_line(i: int, text: str, start: float | None) -> str:
+    """`(time) text [i]`: the number comes after the text on purpose. In a causal model a token only sees
+    what precedes it, so a leading `[12]` knows nothing of line 12 and answering "12" takes two hops
+    (find the topic shift, then the number before it); a trailing `[12]` has read line 12 and can be
+    copied directly. With the number first, v1 answered 10, 12, 14, ... regardless of the content."""
     words = text.split()
     body = " ".join(words[:LINE_WORDS])
     if len(words) > LINE_WORDS or len(body) > LINE_CHARS:
         body = body[:LINE_CHARS] + " …"
-    return f"[{i}] ({fmt_time(start)}) {body}" if start is not None else f"[{i}] {body}"
+    return f"({fmt_time(start)}) {body} [{i}]" if start is not None else f"{body} [{i}]"
 
 
 def window_lines(t: Transcript, start: int, end: int) -> list[str]:

@@ -18,7 +18,7 @@ class ScriptedChapterer(LLMChapterer):
         self.windows: list[tuple[int, int]] = []
 
     def generate(self, msgs):
-        lines = re.findall(r"^\[(\d+)\]", msgs[-1]["content"], re.M)
+        lines = re.findall(r"\[(\d+)\]$", msgs[-1]["content"], re.M)
         n = len(lines)
         self.windows.append(n)
         return json.dumps([{"start": s, "title": f"part {s}"} for s in range(0, n, 7)]), 5

@@ -7,17 +7,17 @@ from factories import make_transcript
 
 
 def test_render_line_numbers_time_and_cut():
-    assert prompt.render_line(3, "hello  world", 221.7) == "[3] (03:41) hello world"
-    assert prompt.render_line(0, "x", 3725) == "[0] (1:02:05) x"
-    assert prompt.render_line(1, "no time", None) == "[1] no time"
+    assert prompt.render_line(3, "hello  world", 221.7) == "(03:41) hello world [3]"
+    assert prompt.render_line(0, "x", 3725) == "(1:02:05) x [0]"
+    assert prompt.render_line(1, "no time", None) == "no time [1]"
     long = " ".join(["w"] * (prompt.LINE_WORDS + 5))
-    assert prompt.render_line(0, long, None).endswith("…")
+    assert prompt.render_line(0, long, None).endswith("… [0]")
 
 
 def test_window_lines_are_relative_and_chapters_follow():
     t = make_transcript(30, (0, 10, 20))
     lines = prompt.window_lines(t, 10, 25)
-    assert lines[0].startswith("[0] (00:20)") and len(lines) == 15
+    assert lines[0].startswith("(00:20)") and lines[0].endswith(" [0]") and len(lines) == 15
     assert prompt.window_chapters(t, 10, 25) == [(0, "Topic 1"), (10, "Topic 2")]
     # a window opening mid-chapter gets that chapter at 0
     assert prompt.window_chapters(t, 15, 30) == [(0, "Topic 1"), (5, "Topic 2")]
@@ -99,9 +99,9 @@ def test_seed_parser_fuzzy_matches_start_text():
 def test_render_line_caps_words_and_characters() -> None:
     from chaptering.prompt import LINE_CHARS, LINE_WORDS, render_line
 
-    assert render_line(0, " ".join(["w"] * (LINE_WORDS + 5)), None).endswith("…")
+    assert render_line(0, " ".join(["w"] * (LINE_WORDS + 5)), None).endswith("… [0]")
     huge = render_line(3, "x" * 100_000, 61.0)
-    assert len(huge) < LINE_CHARS + 30 and huge.startswith("[3] (01:01)")
+    assert len(huge) < LINE_CHARS + 30 and huge.startswith("(01:01)") and huge.endswith("… [3]")
 
 
 def test_segment_rejects_infinite_times() -> None:
