@@ -22,6 +22,8 @@ class ModelSettings(BaseModel):
     context_tokens: int = 1024  # prompt + answer budget per window (training windows use the same)
     max_new_tokens: int = 160
     repetition_penalty: float = 1.0  # greedy decoding; >1 discourages the small model's list loops
+    structured_decoding: bool = True  # the decoder writes line numbers, the model tags lines (constrain.py)
+    start_threshold: float = 0.5  # P(+) needed to start a chapter at a line (0.5 = greedy)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 

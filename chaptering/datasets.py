@@ -39,8 +39,8 @@ def _prompt(t: Transcript, start: int, end: int) -> list[dict[str, str]]:
     return prompt.messages(prompt.window_lines(t, start, end))
 
 
-def _answer(pairs: list[tuple[int, str]]) -> list[dict[str, str]]:
-    return [{"role": "assistant", "content": prompt.render_answer(pairs)}]
+def _answer(pairs: list[tuple[int, str]], n_lines: int) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": prompt.render_answer(pairs, n_lines)}]
 
 
 def sft_rows(transcripts: Iterable[Transcript], win: Windowing) -> Iterator[dict[str, Any]]:
@@ -51,7 +51,7 @@ def sft_rows(transcripts: Iterable[Transcript], win: Windowing) -> Iterator[dict
         for start, end in win.windows(t):
             yield {
                 "prompt": _prompt(t, start, end),
-                "completion": _answer(prompt.window_chapters(t, start, end)),
+                "completion": _answer(prompt.window_chapters(t, start, end), end - start),
                 "id": t.id,
                 "source": t.source,
                 "augmented": ",".join(t.meta.get("augmented", [])),
@@ -128,7 +128,8 @@ def dpo_rows_synthetic(
             chosen = prompt.window_chapters(t, start, end)
             rejected = hard_negative(chosen, end - start, rng)
             if rejected is not None:
-                yield {"prompt": _prompt(t, start, end), "chosen": _answer(chosen), "rejected": _answer(rejected),
+                n = end - start
+                yield {"prompt": _prompt(t, start, end), "chosen": _answer(chosen, n), "rejected": _answer(rejected, n),
                        "id": t.id, "origin": "synthetic"}
 
 
@@ -145,7 +146,8 @@ def dpo_rows_feedback(events: Iterable[tuple[FeedbackEvent, Transcript]], win: W
         for start, end in win.windows(good):
             chosen, rejected = prompt.window_chapters(good, start, end), prompt.window_chapters(bad, start, end)
             if chosen != rejected:
-                yield {"prompt": _prompt(t, start, end), "chosen": _answer(chosen), "rejected": _answer(rejected),
+                n = end - start
+                yield {"prompt": _prompt(t, start, end), "chosen": _answer(chosen, n), "rejected": _answer(rejected, n),
                        "id": t.id, "origin": f"feedback:{ev.user_id}"}
 
 
@@ -156,8 +158,8 @@ def kto_rows_feedback(events: Iterable[tuple[FeedbackEvent, Transcript]], win: W
             continue
         shown = _with_chapters(t, ev.predicted)
         for start, end in win.windows(shown):
-            yield {"prompt": _prompt(t, start, end), "completion": _answer(prompt.window_chapters(shown, start, end)),
-                   "label": ev.rating == "accept", "id": t.id}
+            answer = _answer(prompt.window_chapters(shown, start, end), end - start)
+            yield {"prompt": _prompt(t, start, end), "completion": answer, "label": ev.rating == "accept", "id": t.id}
 
 
 @dataclass
@@ -202,7 +204,7 @@ def save_rows(rows: Iterable[dict[str, Any]], out_dir: Path, tokenizer: Any | No
                 stats.rows += 1
                 stats.per_source[r.get("source", r.get("origin", "feedback"))] += 1
                 answer = (r.get("completion") or r.get("chosen"))[0]["content"]
-                stats.chapters_per_window[len(json.loads(answer))] += 1
+                stats.chapters_per_window[len(prompt.parse_answer(answer, 10**9).chapters)] += 1
                 if tokenizer is not None:
                     text = "".join(m["content"] for m in r["prompt"]) + answer
                     stats.token_hist[len(tokenizer(text)["input_ids"]) // 256 * 256] += 1

@@ -26,9 +26,12 @@ class LLMChapterer:
         max_new_tokens: int = 200,
         style: Literal["lines", "seed"] = "lines",
         repetition_penalty: float = 1.0,
+        structured: bool = False,
+        start_threshold: float = 0.5,
     ) -> None:
         self.model, self.tok, self.name = model, tokenizer, name
         self.repetition_penalty = repetition_penalty
+        self.structured, self.start_threshold = structured, start_threshold
         self.max_new_tokens, self.style = max_new_tokens, style
         limit = getattr(model.config, "max_position_embeddings", context_tokens) or context_tokens
         self.context_tokens = min(context_tokens, limit)
@@ -47,14 +50,22 @@ class LLMChapterer:
             msgs, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
         )
 
-    def generate(self, msgs: list[dict[str, str]]) -> tuple[str, int]:
+    def generate(self, msgs: list[dict[str, str]], n_lines: int | None = None) -> tuple[str, int]:
+        """Greedy answer for one window. With `n_lines` and `structured`, constrain.py writes the line
+        numbers and the model only tags lines and writes titles."""
         import torch
 
         enc = self._encode(msgs)
+        if n_lines is not None and self.structured:
+            from chaptering import constrain
+
+            ids = constrain.generate(self.model, self.tok, enc["input_ids"], n_lines, self.start_threshold)
+            return self.tok.decode(ids, skip_special_tokens=True), len(ids)
+        budget = self.max_new_tokens + prompt.ANSWER_LINE_TOKENS * (n_lines or 0)
         with torch.inference_mode():
             out = self.model.generate(
                 **enc,
-                max_new_tokens=self.max_new_tokens,
+                max_new_tokens=budget,
                 do_sample=False,
                 repetition_penalty=self.repetition_penalty,
                 pad_token_id=self.tok.pad_token_id or self.tok.eos_token_id,
@@ -66,7 +77,7 @@ class LLMChapterer:
         if self.style == "seed":
             text, n = self.generate(prompt.seed_messages(t, start, end))
             return prompt.parse_seed_answer(text, t, start, end), n
-        text, n = self.generate(prompt.messages(prompt.window_lines(t, start, end)))
+        text, n = self.generate(prompt.messages(prompt.window_lines(t, start, end)), n_lines=end - start)
         return prompt.parse_answer(text, end - start), n
 
     def predict(self, t: Transcript) -> Prediction:
@@ -126,6 +137,8 @@ def load_chapterer(spec: str, settings: Any) -> Any:
     cache = settings.cache_dir
     llm_kwargs = dict(context_tokens=settings.model.context_tokens, max_new_tokens=settings.model.max_new_tokens,
                       repetition_penalty=settings.model.repetition_penalty)
+    lines_kwargs = dict(llm_kwargs, structured=settings.model.structured_decoding,
+                        start_threshold=settings.model.start_threshold)
     if spec.startswith("baseline:"):
         name = spec.split(":", 1)[1]
         if name == "seed":
@@ -136,23 +149,23 @@ def load_chapterer(spec: str, settings: Any) -> Any:
         return make_baseline(name, train_mean_chapters=train_mean_chapters(settings), seed=settings.seed)
     if spec == "base":
         model, tok = load_model(resolve_base(settings.model.base, cache), dtype=settings.model.dtype)
-        return LLMChapterer(model, tok, f"base:{settings.model.base}", **llm_kwargs)
+        return LLMChapterer(model, tok, f"base:{settings.model.base}", **lines_kwargs)
     if spec == "champion" or spec.startswith("models:/"):
         from chaptering.registry import fetch_adapter
 
         adapter, base, name = fetch_adapter(spec, settings)
         model, tok = load_model(resolve_base(base, cache), adapter=adapter, dtype=settings.model.dtype)
-        return LLMChapterer(model, tok, name, **llm_kwargs)
+        return LLMChapterer(model, tok, name, **lines_kwargs)
     path = Path(spec)
     if (path / "adapter_config.json").is_file():
         base = read_adapter_base(path) or settings.model.base
         if not Path(base).exists():
             base = settings.model.base  # trained elsewhere: fall back to the configured base
         model, tok = load_model(resolve_base(base, cache), adapter=path, dtype=settings.model.dtype)
-        return LLMChapterer(model, tok, str(path), **llm_kwargs)
+        return LLMChapterer(model, tok, str(path), **lines_kwargs)
     if (path / "config.json").is_file():
         model, tok = load_model(str(path), dtype=settings.model.dtype)
-        return LLMChapterer(model, tok, str(path), **llm_kwargs)
+        return LLMChapterer(model, tok, str(path), **lines_kwargs)
     raise ValueError(
         f"--model {spec!r}: expected base, champion, models:/NAME/VERSION, baseline:NAME, "
         "or a folder holding a model (config.json) or a PEFT adapter (adapter_config.json)"

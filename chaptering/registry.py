@@ -152,6 +152,9 @@ def _chaptering_model_class(python_model: type) -> type:
                 model, tok, str(cfg.get("model_name", "chaptering")),
                 context_tokens=int(cfg.get("context_tokens", 1024)),
                 max_new_tokens=int(cfg.get("max_new_tokens", 160)),
+                repetition_penalty=float(cfg.get("repetition_penalty", 1.0)),
+                structured=bool(cfg.get("structured_decoding", False)),  # decode as it was evaluated
+                start_threshold=float(cfg.get("start_threshold", 0.5)),
             )
 
         def predict(self, context, model_input, params=None):
@@ -370,6 +373,9 @@ def _log_model(staged: Path, base_model: str, settings: Settings) -> Any:
             "prompt_version": PROMPT_VERSION,
             "context_tokens": settings.model.context_tokens,
             "max_new_tokens": settings.model.max_new_tokens,
+            "repetition_penalty": settings.model.repetition_penalty,
+            "structured_decoding": settings.model.structured_decoding,
+            "start_threshold": settings.model.start_threshold,
             "dtype": settings.model.dtype,
         },
         metadata={"base_model": base_model, "prompt_version": PROMPT_VERSION},

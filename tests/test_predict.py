@@ -17,7 +17,7 @@ class ScriptedChapterer(LLMChapterer):
         super().__init__(*a, **kw)
         self.windows: list[tuple[int, int]] = []
 
-    def generate(self, msgs):
+    def generate(self, msgs, n_lines=None):
         lines = re.findall(r"\[(\d+)\]$", msgs[-1]["content"], re.M)
         n = len(lines)
         self.windows.append(n)

@@ -25,8 +25,20 @@ def test_window_lines_are_relative_and_chapters_follow():
 
 def test_answer_round_trip_is_clean():
     pairs = [(0, "Intro"), (7, "Budget review")]
-    res = prompt.parse_answer(prompt.render_answer(pairs), 20)
+    text = prompt.render_answer(pairs, 9)
+    assert text == "0 + Intro\n1 =\n2 =\n3 =\n4 =\n5 =\n6 =\n7 + Budget review\n8 ="
+    res = prompt.parse_answer(text, 20)
     assert res.chapters == pairs and res.health == "clean" and res.repairs == []
+
+
+def test_tagged_answer_repairs():
+    # out of range and non-increasing starts drop, a first line that "goes on" still opens chapter 0
+    res = prompt.parse_answer("0 =\n1 =\n2 + Setup\n1 + Again\n3 =\n40 + Too far", 10)
+    assert res.chapters == [(0, "Setup")] and "moved first chapter to 0" in res.repairs
+    assert "dropped non-increasing start 1" in res.repairs and "dropped out-of-range start 40" in res.repairs
+    # every line says "goes on": one chapter, not an unusable answer
+    res = prompt.parse_answer("0 =\n1 =\n2 =", 3)
+    assert res.chapters == [(0, "Chapter 1")] and res.health == "repaired"
 
 
 def test_parser_repairs_and_reports():
