@@ -23,7 +23,9 @@ class ModelSettings(BaseModel):
     max_new_tokens: int = 160
     repetition_penalty: float = 1.0  # greedy decoding; >1 discourages the small model's list loops
     structured_decoding: bool = True  # the decoder writes line numbers, the model tags lines (constrain.py)
-    start_threshold: float = 0.5  # P(+) needed to start a chapter at a line (0.5 = greedy)
+    # P(+) needed to start a chapter at a line. None: the threshold calibrated on the val split when the
+    # adapter was trained (decoding.json beside it, see calibrate.py), else 0.5 (greedy).
+    start_threshold: float | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 

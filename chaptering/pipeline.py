@@ -289,13 +289,27 @@ def train_stage(settings: Settings, build: BuildOutput, run_dir: Path, force: bo
         if kto is not None and len(kto) > 0 and settings.train.dpo_steps > 0:
             results.append(train_preference(kto, "kto", base, adapter, out / "kto", settings.train, backend))
             adapter = results[-1].adapter_dir
+        decoding = _calibrate(settings, base, adapter, build)
         mlflow.log_metrics({
-            f"{r.stage}_{k}": float(v) for r in results
-            for k, v in (("seconds", r.seconds), ("tokens_seen", r.tokens_seen), ("steps", r.steps),
-                         ("final_loss", r.last_loss)) if v is not None
+            **{f"calibration_{k}": float(v) for k, v in decoding.items()},
+            **{f"{r.stage}_{k}": float(v) for r in results
+               for k, v in (("seconds", r.seconds), ("tokens_seen", r.tokens_seen), ("steps", r.steps),
+                            ("final_loss", r.last_loss)) if v is not None},
         })
-        return TrainOutcome(True, "trained " + " + ".join(r.stage for r in results), adapter, run.info.run_id,
-                            [r.to_dict() for r in results])
+        how = "trained " + " + ".join(r.stage for r in results)
+        if decoding:
+            how += f"; start threshold {decoding['start_threshold']:.2f} fitted on {decoding['val_windows']} val windows"
+        return TrainOutcome(True, how, adapter, run.info.run_id, [r.to_dict() for r in results])
+
+
+def _calibrate(settings: Settings, base: str, adapter: Path, build: BuildOutput) -> dict[str, Any]:
+    """The decoding threshold for this adapter, fitted on the val split (calibrate.py)."""
+    from chaptering.calibrate import calibrate
+    from chaptering.datasets import load_rows
+    from chaptering.models import load_model
+
+    model, tok = load_model(base, adapter=adapter, dtype=settings.model.dtype)
+    return calibrate(adapter, model, tok, load_rows(build.dir / "val"), seed=settings.seed)
 
 
 def base_report(settings: Settings) -> Any:

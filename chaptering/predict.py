@@ -137,8 +137,15 @@ def load_chapterer(spec: str, settings: Any) -> Any:
     cache = settings.cache_dir
     llm_kwargs = dict(context_tokens=settings.model.context_tokens, max_new_tokens=settings.model.max_new_tokens,
                       repetition_penalty=settings.model.repetition_penalty)
-    lines_kwargs = dict(llm_kwargs, structured=settings.model.structured_decoding,
-                        start_threshold=settings.model.start_threshold)
+
+    def lines_kwargs(adapter: Path | None = None) -> dict[str, Any]:
+        from chaptering.calibrate import read_threshold
+
+        threshold = settings.model.start_threshold
+        if threshold is None:
+            threshold = read_threshold(adapter) or 0.5
+        return dict(llm_kwargs, structured=settings.model.structured_decoding, start_threshold=threshold)
+
     if spec.startswith("baseline:"):
         name = spec.split(":", 1)[1]
         if name == "seed":
@@ -149,23 +156,23 @@ def load_chapterer(spec: str, settings: Any) -> Any:
         return make_baseline(name, train_mean_chapters=train_mean_chapters(settings), seed=settings.seed)
     if spec == "base":
         model, tok = load_model(resolve_base(settings.model.base, cache), dtype=settings.model.dtype)
-        return LLMChapterer(model, tok, f"base:{settings.model.base}", **lines_kwargs)
+        return LLMChapterer(model, tok, f"base:{settings.model.base}", **lines_kwargs())
     if spec == "champion" or spec.startswith("models:/"):
         from chaptering.registry import fetch_adapter
 
         adapter, base, name = fetch_adapter(spec, settings)
         model, tok = load_model(resolve_base(base, cache), adapter=adapter, dtype=settings.model.dtype)
-        return LLMChapterer(model, tok, name, **lines_kwargs)
+        return LLMChapterer(model, tok, name, **lines_kwargs(Path(adapter)))
     path = Path(spec)
     if (path / "adapter_config.json").is_file():
         base = read_adapter_base(path) or settings.model.base
         if not Path(base).exists():
             base = settings.model.base  # trained elsewhere: fall back to the configured base
         model, tok = load_model(resolve_base(base, cache), adapter=path, dtype=settings.model.dtype)
-        return LLMChapterer(model, tok, str(path), **lines_kwargs)
+        return LLMChapterer(model, tok, str(path), **lines_kwargs(path))
     if (path / "config.json").is_file():
         model, tok = load_model(str(path), dtype=settings.model.dtype)
-        return LLMChapterer(model, tok, str(path), **lines_kwargs)
+        return LLMChapterer(model, tok, str(path), **lines_kwargs())
     raise ValueError(
         f"--model {spec!r}: expected base, champion, models:/NAME/VERSION, baseline:NAME, "
         "or a folder holding a model (config.json) or a PEFT adapter (adapter_config.json)"

@@ -136,6 +136,7 @@ def _chaptering_model_class(python_model: type) -> type:
         """
 
         def load_context(self, context: Any) -> None:
+            from chaptering.calibrate import read_threshold
             from chaptering.config import get_settings
             from chaptering.models import load_model, load_tokenizer, resolve_base
             from chaptering.predict import LLMChapterer
@@ -154,7 +155,7 @@ def _chaptering_model_class(python_model: type) -> type:
                 max_new_tokens=int(cfg.get("max_new_tokens", 160)),
                 repetition_penalty=float(cfg.get("repetition_penalty", 1.0)),
                 structured=bool(cfg.get("structured_decoding", False)),  # decode as it was evaluated
-                start_threshold=float(cfg.get("start_threshold", 0.5)),
+                start_threshold=float(cfg.get("start_threshold") or read_threshold(adapter) or 0.5),
             )
 
         def predict(self, context, model_input, params=None):
