@@ -65,7 +65,7 @@ class TrainSettings(BaseModel):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     learning_rate: float = 4e-4
-    max_steps: int = 60
+    max_steps: int = 40  # the tagged answer made windows longer: 40 x 4 windows is ~20 min on 2 CPU cores
     batch_size: int = 1
     grad_accum: int = 4
     max_length: int = 1024
