@@ -9,8 +9,9 @@ one knob that trades chapter count against precision, set from settings and reco
 
 from __future__ import annotations
 
+from contextlib import suppress
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 MAX_TITLE_TOKENS = 24
 
@@ -36,9 +37,10 @@ def start_probability(logits: Any, ids: dict[str, Any]) -> float:
 
 
 def generate(model: Any, tok: Any, input_ids: Any, n_lines: int, threshold: float = 0.5,
-             max_title_tokens: int = MAX_TITLE_TOKENS) -> list[int]:
+             max_title_tokens: int = MAX_TITLE_TOKENS, stop: Callable[[], bool] | None = None) -> list[int]:
     """One window's tagged answer, token ids. One forward pass per line (its number, tag and newline
-    go in together), plus one per title token."""
+    go in together), plus one per title token. `stop` is polled before each pass (serving's deadline):
+    when it says so, the answer so far comes back, truncated."""
     import torch
 
     ids = _token_ids(tok)
@@ -48,11 +50,16 @@ def generate(model: Any, tok: Any, input_ids: Any, n_lines: int, threshold: floa
     def number(i: int) -> list[int]:
         return [ids["digits"][d] for d in str(i)]
 
-    with torch.inference_mode():
+    def model_step(step: list[int], cache: Any) -> Any:
+        if stop is not None and stop():
+            raise _Stopped
+        return model(input_ids=torch.tensor([step]), past_key_values=cache, use_cache=True)
+
+    with torch.inference_mode(), suppress(_Stopped):
         step = input_ids[0].tolist() + number(0)
         cache = None
         for i in range(n_lines):
-            out = model(input_ids=torch.tensor([step]), past_key_values=cache, use_cache=True)
+            out = model_step(step, cache)
             cache, logits = out.past_key_values, out.logits[0, -1]
             gen += step if i else number(0)
             if i and start_probability(logits, ids) < threshold:
@@ -60,13 +67,17 @@ def generate(model: Any, tok: Any, input_ids: Any, n_lines: int, threshold: floa
                 continue
             title: list[int] = [ids["start"]]
             for _ in range(max_title_tokens):  # greedy title, until the line ends
-                out = model(input_ids=torch.tensor([title[-1:]]), past_key_values=cache, use_cache=True)
+                out = model_step(title[-1:], cache)
                 cache, nxt = out.past_key_values, int(torch.argmax(out.logits[0, -1]))
                 if nxt in eos or "\n" in tok.decode([nxt]):
                     break
                 title.append(nxt)
             gen += title
             step = [ids["newline"]] + number(i + 1)
-    if step[0] == ids["same"]:
-        gen.append(ids["same"])  # the last line's tag (nothing follows it)
+        if step[0] == ids["same"]:
+            gen.append(ids["same"])  # the last line's tag (nothing follows it)
     return gen
+
+
+class _Stopped(Exception):
+    pass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 from chaptering import prompt
 from chaptering.schema import PredictedChapter, Prediction, Transcript
@@ -32,6 +32,7 @@ class LLMChapterer:
         self.model, self.tok, self.name = model, tokenizer, name
         self.repetition_penalty = repetition_penalty
         self.structured, self.start_threshold = structured, start_threshold
+        self.should_stop: Callable[[], bool] | None = None  # serving sets its deadline check here
         self.max_new_tokens, self.style = max_new_tokens, style
         limit = getattr(model.config, "max_position_embeddings", context_tokens) or context_tokens
         self.context_tokens = min(context_tokens, limit)
@@ -59,7 +60,8 @@ class LLMChapterer:
         if n_lines is not None and self.structured:
             from chaptering import constrain
 
-            ids = constrain.generate(self.model, self.tok, enc["input_ids"], n_lines, self.start_threshold)
+            ids = constrain.generate(self.model, self.tok, enc["input_ids"], n_lines, self.start_threshold,
+                                     stop=self.should_stop)
             return self.tok.decode(ids, skip_special_tokens=True), len(ids)
         budget = self.max_new_tokens + prompt.ANSWER_LINE_TOKENS * (n_lines or 0)
         with torch.inference_mode():

@@ -310,9 +310,17 @@ class GenerationTimeout(RuntimeError):
 _deadline = threading.local()  # the running request's deadline (time.monotonic), per worker thread
 
 
+def _past_deadline() -> bool:
+    limit = getattr(_deadline, "value", None)
+    return limit is not None and time.monotonic() >= limit
+
+
 def bound_generation(chapterer: Any) -> None:
-    """Make `chapterer.model.generate` honour the per-thread deadline: decoding stops at it, and no new
-    window starts after it. A no-op for chapterers without a generating model (baselines)."""
+    """Make `chapterer.model.generate` and the structured decoder (`should_stop`) honour the per-thread
+    deadline: decoding stops at it, and no new window starts after it. A no-op for chapterers without a
+    generating model (baselines)."""
+    if hasattr(chapterer, "should_stop"):
+        chapterer.should_stop = _past_deadline
     model = getattr(chapterer, "model", None)
     generate = getattr(model, "generate", None)
     if generate is None or getattr(generate, "_chaptering_bounded", False):
@@ -322,13 +330,11 @@ def bound_generation(chapterer: Any) -> None:
 
     class _PastDeadline(StoppingCriteria):
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            limit = getattr(_deadline, "value", None)
-            hit = limit is not None and time.monotonic() >= limit
+            hit = _past_deadline()
             return torch.full((input_ids.shape[0],), hit, dtype=torch.bool, device=input_ids.device)
 
     def bounded(*args: Any, **kwargs: Any) -> Any:
-        limit = getattr(_deadline, "value", None)
-        if limit is not None and time.monotonic() >= limit:
+        if _past_deadline():
             raise GenerationTimeout(queued=False)
         criteria = StoppingCriteriaList([*(kwargs.pop("stopping_criteria", None) or []), _PastDeadline()])
         return generate(*args, stopping_criteria=criteria, **kwargs)
