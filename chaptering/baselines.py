@@ -352,6 +352,20 @@ def _depth_scores(sims: Sequence[float]) -> list[float]:
     return depths
 
 
+def top_starts(n: int, keys: Sequence[Any], cuts_wanted: int, min_len: int = 2) -> list[int]:
+    """Chapter starts [0, ...] for n segments: the best `cuts_wanted` gaps by `keys` (keys[g - 1] ranks
+    the gap before segment g, smallest first), greedily, no chapter shorter than `min_len` segments."""
+    cuts: list[int] = []
+    for g in sorted(range(1, n), key=lambda g: keys[g - 1]):
+        if len(cuts) >= cuts_wanted:
+            break
+        if g < min_len or n - g < min_len:
+            continue
+        if all(abs(g - c) >= min_len for c in cuts):
+            cuts.append(g)
+    return [0, *sorted(cuts)]
+
+
 def expected_chapters(transcript: Transcript) -> int:
     """Chapter count from length alone (~1 per 1,500 words, within DESIGN's 3..15) when none is given."""
     words = sum(len(s.text.split()) for s in transcript.segments)
@@ -403,16 +417,7 @@ class EmbeddingChapterer:
         sims = self.gap_similarities(transcript)
         depths = _depth_scores(sims)
         # Deepest first; among equal depths, the least similar gap.
-        ranked = sorted(range(1, n), key=lambda g: (-depths[g - 1], sims[g - 1]))
-        cuts: list[int] = []
-        for g in ranked:
-            if g < self.min_len or n - g < self.min_len:
-                continue
-            if all(abs(g - c) >= self.min_len for c in cuts):
-                cuts.append(g)
-                if len(cuts) == cuts_wanted:
-                    break
-        return [0, *sorted(cuts)]
+        return top_starts(n, [(-depths[g - 1], sims[g - 1]) for g in range(1, n)], cuts_wanted, self.min_len)
 
     def predict(self, transcript: Transcript) -> Prediction:
         return _prediction(transcript, self.boundaries(transcript), self.name)

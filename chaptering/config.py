@@ -22,9 +22,11 @@ class ModelSettings(BaseModel):
     context_tokens: int = 1024  # prompt + answer budget per window (training windows use the same)
     max_new_tokens: int = 160
     repetition_penalty: float = 1.0  # greedy decoding; >1 discourages the small model's list loops
-    structured_decoding: bool = True  # the decoder writes line numbers, the model tags lines (constrain.py)
-    # P(+) needed to start a chapter at a line. None: the threshold calibrated on the val split when the
-    # adapter was trained (decoding.json beside it, see calibrate.py), else 0.5 (greedy).
+    # ranked: open chapters at the lines with the highest P(+), as many as the length suggests; tagged:
+    # line by line where P(+) >= start_threshold; free: plain generation (see predict.LLMChapterer).
+    decoding: Literal["ranked", "tagged", "free"] = "ranked"
+    # tagged decoding's P(+) bar. None: the threshold calibrated on the val split when the adapter was
+    # trained (decoding.json beside it, see calibrate.py), else 0.5 (greedy).
     start_threshold: float | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
@@ -65,7 +67,7 @@ class TrainSettings(BaseModel):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     learning_rate: float = 4e-4
-    max_steps: int = 40  # the tagged answer made windows longer: 40 x 4 windows is ~20 min on 2 CPU cores
+    max_steps: int = 60  # ~20 s a step (4 tagged windows, ~3k tokens): ~20 min on 2 CPU cores
     batch_size: int = 1
     grad_accum: int = 4
     max_length: int = 1024

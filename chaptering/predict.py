@@ -14,8 +14,18 @@ from chaptering import prompt
 from chaptering.schema import PredictedChapter, Prediction, Transcript
 
 
+Decoding = Literal["ranked", "tagged", "free"]
+
+
 class LLMChapterer:
-    """Greedy-decoding chapterer over a causal LM; `style="seed"` uses the seed's start_text prompt."""
+    """Chapterer over a causal LM; `style="seed"` uses the seed's start_text prompt.
+
+    `decoding` (constrain.py writes the answer's structure in the first two):
+    - ranked: score every line's P(+) in one pass per window, open chapters at the best-ranked lines
+      (as many as the transcript's length suggests, baselines.expected_chapters), then write titles;
+    - tagged: line by line, open a chapter where P(+) >= start_threshold;
+    - free: plain greedy generation, parsed afterwards.
+    """
 
     def __init__(
         self,
@@ -26,12 +36,13 @@ class LLMChapterer:
         max_new_tokens: int = 200,
         style: Literal["lines", "seed"] = "lines",
         repetition_penalty: float = 1.0,
-        structured: bool = False,
+        decoding: Decoding = "free",
         start_threshold: float = 0.5,
+        min_chapter_lines: int = 2,
     ) -> None:
         self.model, self.tok, self.name = model, tokenizer, name
         self.repetition_penalty = repetition_penalty
-        self.structured, self.start_threshold = structured, start_threshold
+        self.decoding, self.start_threshold, self.min_chapter_lines = decoding, start_threshold, min_chapter_lines
         self.should_stop: Callable[[], bool] | None = None  # serving sets its deadline check here
         self.max_new_tokens, self.style = max_new_tokens, style
         limit = getattr(model.config, "max_position_embeddings", context_tokens) or context_tokens
@@ -51,17 +62,18 @@ class LLMChapterer:
             msgs, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
         )
 
-    def generate(self, msgs: list[dict[str, str]], n_lines: int | None = None) -> tuple[str, int]:
-        """Greedy answer for one window. With `n_lines` and `structured`, constrain.py writes the line
-        numbers and the model only tags lines and writes titles."""
+    def generate(self, msgs: list[dict[str, str]], n_lines: int | None = None,
+                 starts: set[int] | None = None) -> tuple[str, int]:
+        """Greedy answer for one window. With `n_lines` and a structured decoding (or forced `starts`),
+        constrain.py writes the line numbers and the model only tags lines and writes titles."""
         import torch
 
         enc = self._encode(msgs)
-        if n_lines is not None and self.structured:
+        if n_lines is not None and (starts is not None or self.decoding != "free"):
             from chaptering import constrain
 
             ids = constrain.generate(self.model, self.tok, enc["input_ids"], n_lines, self.start_threshold,
-                                     stop=self.should_stop)
+                                     stop=self.should_stop, starts=starts)
             return self.tok.decode(ids, skip_special_tokens=True), len(ids)
         budget = self.max_new_tokens + prompt.ANSWER_LINE_TOKENS * (n_lines or 0)
         with torch.inference_mode():
@@ -83,6 +95,8 @@ class LLMChapterer:
         return prompt.parse_answer(text, end - start), n
 
     def predict(self, t: Transcript) -> Prediction:
+        if self.decoding == "ranked" and self.style == "lines":
+            return self._predict_ranked(t)
         t0 = time.perf_counter()
         counts = prompt.line_token_counts(self.tok, t)
         chapters: list[tuple[int, str]] = []
@@ -123,6 +137,56 @@ class LLMChapterer:
         )
 
 
+    def _predict_ranked(self, t: Transcript) -> Prediction:
+        """Score, pick, title. Windows overlap by one line, so every line but the first is scored once
+        with at least one line of context before it (a window's own line 0 is not a decision)."""
+        from chaptering import constrain
+        from chaptering.baselines import expected_chapters, top_starts
+
+        t0 = time.perf_counter()
+        counts = prompt.line_token_counts(self.tok, t)
+        windows: list[tuple[int, int]] = []
+        start = 0
+        while True:
+            end = prompt.fit_window(counts, start, self.line_budget)
+            windows.append((start, end))
+            if end >= len(t.segments):
+                break
+            start = end - 1 if end - start > 1 else end
+        scores = [0.0] * len(t.segments)
+        for start, end in windows:
+            enc = self._encode(prompt.messages(prompt.window_lines(t, start, end)))
+            got = constrain.start_scores(self.model, self.tok, enc["input_ids"], end - start, stop=self.should_stop)
+            scores[start + 1:end] = got
+        starts = top_starts(len(t.segments), [-p for p in scores[1:]], expected_chapters(t) - 1,
+                            self.min_chapter_lines)
+        titles: dict[int, str] = {}
+        repairs: list[str] = []
+        tokens = 0
+        for start, end in windows:
+            inside = {s - start for s in starts if start < s < end or s == start == 0}
+            if not inside:
+                continue
+            text, n = self.generate(prompt.messages(prompt.window_lines(t, start, end)), end - start, inside)
+            result = prompt.parse_answer(text, end - start)
+            tokens, repairs = tokens + n, repairs + result.repairs
+            titles.update({start + s: title for s, title in result.chapters if s in inside})
+        return Prediction(
+            id=t.id,
+            model=self.name,
+            chapters=[PredictedChapter(title=titles.get(s) or "Untitled", start_segment=s, start=t.segments[s].start)
+                      for s in starts],
+            meta={
+                "health": "repaired" if repairs or len(titles) < len(starts) else "clean",
+                "repairs": repairs,
+                "windows": len(windows),
+                "generated_tokens": tokens,
+                "start_scores": [round(p, 4) for p in scores],
+                "latency_s": round(time.perf_counter() - t0, 3),
+            },
+        )
+
+
 def predict_all(chapterer: Any, transcripts: Iterable[Transcript], progress: bool = True) -> Iterable[Prediction]:
     """Predict lazily with a progress bar (tqdm writes to stderr, so stdout stays clean for --json)."""
     from tqdm.auto import tqdm
@@ -146,7 +210,7 @@ def load_chapterer(spec: str, settings: Any) -> Any:
         threshold = settings.model.start_threshold
         if threshold is None:
             threshold = read_threshold(adapter) or 0.5
-        return dict(llm_kwargs, structured=settings.model.structured_decoding, start_threshold=threshold)
+        return dict(llm_kwargs, decoding=settings.model.decoding, start_threshold=threshold)
 
     if spec.startswith("baseline:"):
         name = spec.split(":", 1)[1]

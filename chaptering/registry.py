@@ -154,7 +154,7 @@ def _chaptering_model_class(python_model: type) -> type:
                 context_tokens=int(cfg.get("context_tokens", 1024)),
                 max_new_tokens=int(cfg.get("max_new_tokens", 160)),
                 repetition_penalty=float(cfg.get("repetition_penalty", 1.0)),
-                structured=bool(cfg.get("structured_decoding", False)),  # decode as it was evaluated
+                decoding=str(cfg.get("decoding") or ("tagged" if cfg.get("structured_decoding") else "free")),
                 start_threshold=float(cfg.get("start_threshold") or read_threshold(adapter) or 0.5),
             )
 
@@ -375,7 +375,7 @@ def _log_model(staged: Path, base_model: str, settings: Settings) -> Any:
             "context_tokens": settings.model.context_tokens,
             "max_new_tokens": settings.model.max_new_tokens,
             "repetition_penalty": settings.model.repetition_penalty,
-            "structured_decoding": settings.model.structured_decoding,
+            "decoding": settings.model.decoding,
             "start_threshold": settings.model.start_threshold,
             "dtype": settings.model.dtype,
         },

@@ -273,13 +273,13 @@ def test_timeouts_queue_503_and_generation_504(tiny_dir: Path, tmp_path: Path) -
     assert codes == [503, 504]
 
 
-@pytest.mark.parametrize("structured", [False, True])
-def test_real_generation_stops_at_the_deadline(tiny_dir: Path, tmp_path: Path, structured: bool) -> None:
+@pytest.mark.parametrize("decoding", ["free", "tagged", "ranked"])
+def test_real_generation_stops_at_the_deadline(tiny_dir: Path, tmp_path: Path, decoding: str) -> None:
     """Free decoding: the tiny random model never emits EOS, so 2,000 new tokens would take long.
-    Structured decoding: 3,000 lines, each its own forward pass. Either way the deadline cuts it."""
+    Tagged / ranked: 3,000 lines, many windows and forward passes. Each way, the deadline cuts it."""
     s = make_settings(tmp_path, tiny_dir, generation_timeout_s=0.5)
     s = s.model_copy(update={"model": ModelSettings(base=str(tiny_dir), context_tokens=4096, max_new_tokens=2000,
-                                                    structured_decoding=structured)})
+                                                    decoding=decoding)})
     long = make_transcript(n=3000, chapters=(0, 1500))
     with TestClient(create_app(s, model_spec="base")) as c:
         t0 = time.perf_counter()
