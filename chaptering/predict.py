@@ -161,24 +161,23 @@ class LLMChapterer:
         starts = top_starts(len(t.segments), [-p for p in scores[1:]], expected_chapters(t) - 1,
                             self.min_chapter_lines)
         titles: dict[int, str] = {}
-        repairs: list[str] = []
         tokens = 0
         for start, end in windows:
             inside = {s - start for s in starts if start < s < end or s == start == 0}
             if not inside:
                 continue
             text, n = self.generate(prompt.messages(prompt.window_lines(t, start, end)), end - start, inside)
-            result = prompt.parse_answer(text, end - start)
-            tokens, repairs = tokens + n, repairs + result.repairs
-            titles.update({start + s: title for s, title in result.chapters if s in inside})
+            tokens += n
+            titles.update({start + s: title for s, title in prompt.tagged_titles(text).items() if s in inside})
+        untitled = [s for s in starts if not titles.get(s)]
         return Prediction(
             id=t.id,
             model=self.name,
-            chapters=[PredictedChapter(title=titles.get(s) or "Untitled", start_segment=s, start=t.segments[s].start)
-                      for s in starts],
+            chapters=[PredictedChapter(title=titles.get(s) or f"Chapter {i + 1}", start_segment=s,
+                                       start=t.segments[s].start) for i, s in enumerate(starts)],
             meta={
-                "health": "repaired" if repairs or len(titles) < len(starts) else "clean",
-                "repairs": repairs,
+                "health": "repaired" if untitled else "clean",
+                "repairs": [f"filled empty title at {s}" for s in untitled],
                 "windows": len(windows),
                 "generated_tokens": tokens,
                 "start_scores": [round(p, 4) for p in scores],

@@ -211,6 +211,12 @@ def _tagged(text: str) -> tuple[list[dict[str, Any]] | None, list[str]]:
     return items, []
 
 
+def tagged_titles(text: str) -> dict[int, str]:
+    """Line -> cleaned title for every `n + Title` line, as written: for answers whose chapter starts
+    were decided outside the text (ranked decoding), so no repair may move or merge them."""
+    return {int(n): clean_title(title) for n, tag, title in _TAG.findall(text) if tag == "+"}
+
+
 def parse_answer(text: str, n_lines: int) -> ParseResult:
     """Validate model output against the window; repair what can be repaired, say what was done."""
     items, repairs = _tagged(text)

@@ -136,3 +136,9 @@ def test_parser_merges_a_repeated_title_loop() -> None:
     result = parse_answer(text, 12)
     assert result.chapters == [(0, "Intro"), (3, "Setup"), (9, "Wrap up")]
     assert result.health == "repaired" and sum("merged repeated title" in r for r in result.repairs) == 2
+
+
+def test_tagged_titles_keep_every_start_as_written():
+    """Ranked decoding chose these starts: a repeated title is kept, not merged away."""
+    text = "0 + Intro\n1 =\n2 + Intro\n3 =\n4 + \"Setup:\"\n5 ="
+    assert prompt.tagged_titles(text) == {0: "Intro", 2: "Intro", 4: "Setup"}
