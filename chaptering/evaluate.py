@@ -16,7 +16,7 @@ from chaptering.schema import Prediction, Transcript
 TABLE = [
     ("f1_k5", "F1@5"), ("f1_k1", "F1@1"), ("f1_5s", "F1@5s"), ("pk", "Pk"), ("windowdiff", "WD"),
     ("boundary_similarity", "B"), ("abs_count_error", "|Δn|"), ("title_rouge_l", "ROUGE-L"),
-    ("parsed_clean", "clean"), ("unusable", "unusable"),
+    ("parsed_clean", "clean"), ("unusable", "unusable"), ("start_auc", "AUC"),
 ]
 
 

@@ -22,6 +22,10 @@ Conventions (chosen once, documented here, relied on by evaluate/registry):
   The tests check equality with segeval. Default k = round(N / (2 * reference chapters)), at least 1
   (segeval's default floors at 2 instead); k is clamped to N-1 so tiny transcripts still score
   (one window spanning everything), and N < 2 scores 0 (nothing can be wrong).
+* start_auc: ROC AUC of a model's per-segment start scores (`meta["start_scores"]`, ranked decoding)
+  against the reference starts, over segments 1..N-1. It says whether the model ranks true starts above
+  other lines at all, whatever count rule picks from the ranking (0.5: no evidence). None where the
+  prediction has no scores or the reference has no boundary (or nothing but boundaries).
 * Boundary Similarity is segeval's B on chapter masses (lengths), n_t = 2 (its default). segeval fails
   when neither side has a boundary; two single-chapter segmentations are identical, so B = 1.
 """
@@ -203,6 +207,21 @@ def title_rouge_l(
 # --- per transcript and aggregate ---------------------------------------------------------------------
 
 
+def start_auc(ref: Sequence[int], scores: Sequence[float] | None, n: int) -> float | None:
+    """ROC AUC of start scores for segments 1..n-1 (see the module notes)."""
+    if scores is None:
+        return None
+    if len(scores) != n:
+        raise ValueError(f"{len(scores)} start scores for {n} segments")
+    starts = set(ref)
+    labels = [int(i in starts) for i in range(1, n)]
+    if len(set(labels)) < 2:
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, list(scores[1:])))
+
+
 def score(reference: Transcript, prediction: Prediction) -> dict[str, float | None]:
     """All metrics for one transcript. Keys are stable (evaluate, MLflow and the registry read them).
 
@@ -233,6 +252,10 @@ def score(reference: Transcript, prediction: Prediction) -> dict[str, float | No
     out["pk"] = pk(ref, hyp, n)
     out["windowdiff"] = windowdiff(ref, hyp, n)
     out["boundary_similarity"] = boundary_similarity(ref, hyp, n)
+    try:
+        out["start_auc"] = start_auc(ref, prediction.meta.get("start_scores"), n)
+    except ValueError as e:
+        raise ValueError(f"prediction {prediction.id!r}: {e}") from None
     ce = count_error(ref, hyp)
     out["count_error"], out["abs_count_error"] = float(ce), float(abs(ce))
     out["n_ref"], out["n_hyp"] = float(len(ref)), float(len(hyp))

@@ -243,6 +243,7 @@ KEYS = {
     "n_ref",
     "n_hyp",
     "title_rouge_l",
+    "start_auc",
     "parsed_clean",
     "repaired",
     "unusable",
@@ -293,6 +294,34 @@ def test_score_single_chapter_no_times_and_empty():
         M.score(Transcript(id="x", segments=t.segments), _pred([(0, "x")]))
 
 
+def test_start_auc_ranks_true_starts():
+    # ref starts 0, 8, 15 of 20; segment 0 is never a decision
+    perfect = [0.0] * 20
+    perfect[8] = perfect[15] = 0.9
+    assert M.start_auc([0, 8, 15], perfect, 20) == 1.0
+    assert M.start_auc([0, 8, 15], [1.0 - p for p in perfect], 20) == 0.0
+    assert M.start_auc([0, 8, 15], [0.3] * 20, 20) == 0.5  # ties: no evidence
+    # 17 negatives: start 8 beats 16 and ties one (16.5 pairs), start 15 sits below all of them (0)
+    mixed = [0.1] * 20
+    mixed[8], mixed[3], mixed[15] = 0.5, 0.5, 0.05
+    assert M.start_auc([0, 8, 15], mixed, 20) == pytest.approx(((16 + 0.5) + 0) / (2 * 17))
+    assert M.start_auc([0], perfect, 20) is None  # no boundary: AUC undefined
+    assert M.start_auc([0, 8], None, 20) is None  # no scores (baselines, free decoding)
+    with pytest.raises(ValueError, match="19 start scores for 20"):
+        M.start_auc([0, 8], [0.0] * 19, 20)
+
+
+def test_score_reports_start_auc_from_meta():
+    t = _transcript()
+    p = _pred([(0, "Intro"), (8, "Budget")])
+    assert M.score(t, p)["start_auc"] is None
+    p.meta["start_scores"] = [0.0] * 8 + [1.0] + [0.0] * 11
+    assert M.score(t, p)["start_auc"] == pytest.approx((17 + 17 / 2) / 34)  # 8 first; 15 tied with all 17
+    p.meta["start_scores"] = [0.0] * 5
+    with pytest.raises(ValueError, match="prediction 't1'.*5 start scores"):
+        M.score(t, p)
+
+
 def test_aggregate():
     rows = [
         {"f1_k5": v, "f1_3s": None if i % 2 else v, "unusable": float(i == 0)}
@@ -316,5 +345,5 @@ def test_score_rows_aggregate_end_to_end():
     t = _transcript()
     rows = [M.score(t, _pred([(0, "a"), (s, "b")])) for s in (7, 8, 12)]
     a = M.aggregate(rows)
-    assert set(a) == KEYS and M.PRIMARY in a
+    assert set(a) == KEYS - {"start_auc"} and M.PRIMARY in a  # no start scores: no AUC, not a 0
     assert M.LOWER_IS_BETTER <= KEYS
