@@ -20,7 +20,9 @@ from chaptering.schema import Chapter, Transcript
 
 PROMPT_VERSION = "lines-tags-v3"  # v2: the line number closes the line; v3: one answer line per line
 ANSWER_LINE_TOKENS = 5  # `12 =\n` and its like: what each line adds to the answer, on top of its text
-PARSER_VERSION = "repair-v3"  # part of every cached evaluation's key: a change in what a decoder outputs changes the numbers (v3: ranked decoding keeps titles as written)
+# Part of every cached evaluation's key: a change in what a decoder outputs changes the numbers
+# (v3: ranked decoding keeps titles as written).
+PARSER_VERSION = "repair-v3"
 LINE_WORDS = 40  # long turns are cut so a window holds more of the story
 LINE_CHARS = 400  # and so is a "word" of junk: one line can never outgrow the context window
 MAX_TITLE_WORDS = 10
