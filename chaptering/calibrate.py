@@ -21,9 +21,9 @@ def tag_scores(model: Any, tok: Any, rows: Iterable[dict[str, Any]]) -> list[tup
     """(P(+) against P(=), is a reference start) for every line after line 0 of each window."""
     import torch
 
-    from chaptering.constrain import _token_ids, start_probability
+    from chaptering.constrain import tag_token_ids, start_probability
 
-    ids = _token_ids(tok)
+    ids = tag_token_ids(tok)
     out: list[tuple[float, bool]] = []
     with torch.inference_mode():
         for row in rows:

@@ -79,6 +79,9 @@ class TrainSettings(BaseModel):
     balance_sources: bool = True
     source_shares: dict[str, float] = Field(default_factory=lambda: {"vidchapters7m-subset": 0.5})
     gradient_checkpointing: bool = False
+    # Loss weight of the per-line tag tokens (` +` / ` =`) against the title and number tokens: the tags are
+    # the boundary decisions, a minority of the answer's tokens. 1.0 is plain SFT.
+    decision_weight: float = 1.0
     dpo_beta: float = 0.1
     dpo_steps: int = 20
     load_in_4bit: bool = True  # only on CUDA

@@ -22,7 +22,7 @@ MAX_TITLE_TOKENS = 24
 
 
 @lru_cache(maxsize=4)
-def _token_ids(tokenizer: Any) -> dict[str, Any]:
+def tag_token_ids(tokenizer: Any) -> dict[str, Any]:
     def one(text: str) -> int:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
@@ -88,7 +88,7 @@ def generate(model: Any, tok: Any, input_ids: Any, n_lines: int, threshold: floa
     says so, the answer so far comes back, truncated."""
     import torch
 
-    ids = _token_ids(tok)
+    ids = tag_token_ids(tok)
     feed = _Feeder(model, stop)
     gen: list[int] = []
     todo = input_ids[0].tolist()  # tokens written but not yet fed to the model
@@ -118,7 +118,7 @@ def start_scores(model: Any, tok: Any, input_ids: Any, n_lines: int, max_title_t
     0's title is generated, then the rest of the answer (`1 =`, `2 =`, ...) is read in one pass."""
     import torch
 
-    ids = _token_ids(tok)
+    ids = tag_token_ids(tok)
     feed = _Feeder(model, stop)
     with torch.inference_mode(), suppress(_Stopped):  # stopped: no line scores above another
         logits = feed(input_ids[0].tolist() + _number(0, ids) + [ids["start"]])[-1]

@@ -164,7 +164,7 @@ class _Tracker:
         import mlflow
 
         if mlflow.active_run() is not None:
-            keys = ("loss", "learning_rate", "grad_norm", "rewards/accuracies", "rewards/margins", "kl")
+            keys = ("loss", "decision_loss", "learning_rate", "grad_norm", "rewards/accuracies", "rewards/margins", "kl")
             mlflow.log_metrics({f"{self.stage}_{k.replace('/', '_')}": float(v) for k, v in logs.items()
                                 if k in keys and v is not None}, step=step)
 
@@ -194,6 +194,46 @@ def _finish(trainer: Any, tok: Any, out_dir: Path, tracker: _Tracker, stage: str
     return result
 
 
+def weighted_nll(log_probs: Any, labels: Any, decision_ids: Any, weight: float,
+                 num_items_in_batch: Any = None) -> tuple[Any, Any]:
+    """(loss, mean NLL of the decision tokens) with decision tokens weighted `weight` against the rest.
+
+    `log_probs[b, t]` scores `labels[b, t + 1]` (TRL's fused head). The loss is the weighted mean over this
+    micro-batch, scaled by its share of the accumulated batch's tokens, so at weight 1 it is exactly TRL's
+    token-mean loss and gradient accumulation needs no further division."""
+    import torch
+
+    target = labels[:, 1:]
+    mask = target != -100
+    decision = torch.isin(target, decision_ids) & mask
+    w = mask.float() + decision.float() * (weight - 1.0)
+    nll = -log_probs
+    loss = (nll * w).sum() / w.sum().clamp(min=1e-8)
+    if num_items_in_batch is not None:
+        loss = loss * mask.sum() / torch.as_tensor(num_items_in_batch).clamp(min=1)
+    decision_nll = nll[decision].mean() if decision.any() else nll.new_zeros(())
+    return loss, decision_nll.detach()
+
+
+def _decision_weighted_trainer(base_cls: Any, decision_ids: list[int], weight: float) -> Any:
+    """An SFTTrainer whose loss weights the boundary tags (see `weighted_nll`) and logs their NLL, so a
+    run shows whether the decisions are learned or only the titles are."""
+
+    class DecisionWeightedSFT(base_cls):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            import torch
+
+            inputs["use_cache"] = False
+            outputs = model(**inputs, fused_lm_head=True)
+            ids = torch.tensor(decision_ids, device=inputs["labels"].device)
+            loss, decision_nll = weighted_nll(outputs.log_probs, inputs["labels"], ids, weight, num_items_in_batch)
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["decision_loss"].append(float(decision_nll))
+            return (loss, outputs) if return_outputs else loss
+
+    return DecisionWeightedSFT
+
+
 def train_sft(
     dataset: Any, base: str, out_dir: Path, cfg: TrainSettings, backend: Backend = "peft",
     max_samples: int | None = None, stop_after: int | None = None,
@@ -219,10 +259,17 @@ def train_sft(
         include_num_input_tokens_seen=True,
     )
     tracker = _Tracker("sft", stop_after)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[tracker.callback])
+    trainer_cls = SFTTrainer
+    if cfg.decision_weight != 1.0:
+        from chaptering.constrain import tag_token_ids
+
+        tag = tag_token_ids(tok)
+        trainer_cls = _decision_weighted_trainer(SFTTrainer, [tag["start"], tag["same"]], cfg.decision_weight)
+    trainer = trainer_cls(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[tracker.callback])
     resumed = _last_checkpoint(out_dir)
     trainer.train(resume_from_checkpoint=resumed)
-    return _finish(trainer, tok, out_dir, tracker, "sft", backend, t0, resumed, {"base_model": base, "rows": len(ds)})
+    return _finish(trainer, tok, out_dir, tracker, "sft", backend, t0, resumed, {"base_model": base, "rows": len(ds),
+                                                                        "decision_weight": cfg.decision_weight})
 
 
 def train_preference(

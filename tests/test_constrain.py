@@ -37,7 +37,7 @@ def test_start_probability_compares_only_the_two_tags(tiny):
     import torch
 
     _, tok = tiny
-    ids = constrain._token_ids(tok)
+    ids = constrain.tag_token_ids(tok)
     logits = torch.full((len(tok),), -5.0)
     logits[ids["start"]], logits[ids["same"]] = 2.0, 0.0
     logits[123] = 50.0  # any other token, however likely, does not count
@@ -79,7 +79,7 @@ def test_start_scores_match_a_teacher_forced_read_of_the_no_start_answer(tiny):
     full = torch.tensor([enc["input_ids"][0].tolist() + answer])
     with torch.inference_mode():
         logits = model(input_ids=full).logits[0]
-    ids = constrain._token_ids(tok)
+    ids = constrain.tag_token_ids(tok)
     p0 = enc["input_ids"].shape[1]
     tags = [p for p in range(p0, full.shape[1]) if int(full[0, p]) == ids["same"]]
     expected = [constrain.start_probability(logits[p - 1], ids) for p in tags]

@@ -100,3 +100,29 @@ def test_sampling_gives_named_sources_their_share() -> None:
     picked = sample_rows(ds, 40, seed=0, source_shares={"video": 0.5})
     videos = sum(1 for r in picked if r["source"] == "video")
     assert 12 <= videos <= 28  # about half, though videos are 8 % of the pool
+
+
+def test_weighted_nll_weights_decision_tokens() -> None:
+    from chaptering.train import weighted_nll
+
+    labels = torch.tensor([[-100, 5, 7, 9, 7]])  # token 7 is a decision; the first label is never scored
+    log_probs = torch.log(torch.tensor([[0.5, 0.1, 0.5, 0.5]]))  # scores labels[:, 1:]
+    plain, dec = weighted_nll(log_probs, labels, torch.tensor([7]), 1.0)
+    assert plain.item() == pytest.approx(-torch.log(torch.tensor([0.5, 0.1, 0.5, 0.5])).mean().item())
+    assert dec.item() == pytest.approx(-(torch.log(torch.tensor(0.1)) + torch.log(torch.tensor(0.5))).item() / 2)
+    heavy, _ = weighted_nll(log_probs, labels, torch.tensor([7]), 9.0)
+    assert heavy.item() > plain.item()  # the worst-predicted token is a decision: weighting it raises the loss
+    # under gradient accumulation the loss is this micro-batch's share of all tokens
+    half, _ = weighted_nll(log_probs, labels, torch.tensor([7]), 1.0, num_items_in_batch=8)
+    assert half.item() == pytest.approx(plain.item() / 2)
+
+
+def test_decision_weighted_sft_logs_decision_loss(rows, tiny_dir: Path, tmp_path: Path) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run() as run:
+        result = train_sft(Dataset.from_list(rows * 4), str(tiny_dir), tmp_path / "out", _cfg(decision_weight=5.0))
+    assert result.last_loss < result.first_loss
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "sft_decision_loss")
+    assert len(history) == 6 and history[-1].value < history[0].value
