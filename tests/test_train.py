@@ -120,8 +120,10 @@ def test_weighted_nll_weights_decision_tokens() -> None:
 def test_decision_weighted_sft_logs_decision_loss(rows, tiny_dir: Path, tmp_path: Path) -> None:
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with mlflow.start_run() as run:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)  # a store of its own; the experiment another test selected is not in it
+    exp = mlflow.MlflowClient(uri).create_experiment("decision-loss", artifact_location=str(tmp_path / "art"))
+    with mlflow.start_run(experiment_id=exp) as run:
         result = train_sft(Dataset.from_list(rows * 4), str(tiny_dir), tmp_path / "out", _cfg(decision_weight=5.0))
     assert result.last_loss < result.first_loss
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "sft_decision_loss")
