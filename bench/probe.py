@@ -3,8 +3,9 @@
 A linear probe (logistic regression) is fitted on the training videos (less any the eval guard rejects) and
 scored on the held-out videos: per-transcript ROC AUC of "does a chapter start at line k" (as
 `metrics.start_auc`), and boundary F1@5 / Pk when its scores pick the starts the way ranked decoding does
-(`baselines.top_starts`; count from the length rule, from a line-count fit on the training videos, and the
-reference count as an oracle), for hidden states
+(`baselines.top_starts`; count from the length rule, from a line-count fit on the training videos, from the
+probe itself (1 + the sum of its unweighted, so roughly calibrated, probabilities), and the reference count
+as an oracle), for hidden states
 taken at two places of the same teacher-forced window:
 - `answer`: the last digit of `k` in the answer (`k =`), where the tagged format makes its decision.
   The model must look back to line k's text from there.
@@ -100,8 +101,9 @@ def probe(train: list[dict[str, Any]], test: list[dict[str, Any]], key: str, c: 
     y = np.concatenate([r["y"] for r in train])
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000))
     clf.fit(x, y)
+    calibrated = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000)).fit(x, y)
     b, a = np.polyfit([len(r["y"]) + 1 for r in train], [sum(r["y"]) + 1 for r in train], 1)
-    aucs, rule, fitted, oracle = [], [], [], []
+    aucs, rule, fitted, expected, oracle = [], [], [], [], []
     for r in test:
         s = clf.predict_proba(np.asarray(r[key], dtype=np.float32))[:, 1]
         if 0 < sum(r["y"]) < len(r["y"]):
@@ -110,9 +112,12 @@ def probe(train: list[dict[str, Any]], test: list[dict[str, Any]], key: str, c: 
         rule.append(segment_scores(top_starts(n, keys, expected_chapters(r["t"]) - 1), r["t"]))
         fitted.append(segment_scores(top_starts(n, keys, max(1, round(a + b * n)) - 1), r["t"]))
         oracle.append(segment_scores(top_starts(n, keys, len(r["t"].chapters or []) - 1), r["t"]))
+        p = calibrated.predict_proba(np.asarray(r[key], dtype=np.float32))[:, 1]
+        expected.append(segment_scores(top_starts(n, [-v for v in p], round(float(p.sum()))), r["t"]))
     mean = statistics.mean
     return {"auc": mean(aucs), "n": len(aucs), "f1_k5": mean(f for f, _ in rule), "pk": mean(p for _, p in rule),
             "fitted_f1_k5": mean(f for f, _ in fitted), "fitted_pk": mean(p for _, p in fitted),
+            "expected_f1_k5": mean(f for f, _ in expected), "expected_pk": mean(p for _, p in expected),
             "oracle_f1_k5": mean(f for f, _ in oracle), "oracle_pk": mean(p for _, p in oracle)}
 
 
@@ -154,7 +159,8 @@ def main() -> None:
         rows.append({"model": str(args.adapter or "base"), "features": key, "c": args.c,
                      **{k: round(v, 3) for k, v in m.items()}})
         print(f"{key:20s} AUC {m['auc']:.3f} | F1@5 / Pk with the length rule's count {m['f1_k5']:.3f} / "
-              f"{m['pk']:.3f}, a fitted count {m['fitted_f1_k5']:.3f} / {m['fitted_pk']:.3f}, the reference "
+              f"{m['pk']:.3f}, a fitted count {m['fitted_f1_k5']:.3f} / {m['fitted_pk']:.3f}, the probe's expected "
+              f"count {m['expected_f1_k5']:.3f} / {m['expected_pk']:.3f}, the reference "
               f"count {m['oracle_f1_k5']:.3f} / {m['oracle_pk']:.3f}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as f:
