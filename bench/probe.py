@@ -152,7 +152,7 @@ def main() -> None:
           f"transcripts, model {args.adapter or base}")
     for path in args.compare:
         f1, p = stored(path, test)
-        print(f"{str(path):60s} F1@5 {f1:.3f} Pk {p:.3f}")
+        print(f"{path!s:60s} F1@5 {f1:.3f} Pk {p:.3f}")
     rows = []
     for key in [k for k in train[0] if k not in ("id", "t", "y")]:
         m = probe(train, test, key, args.c)

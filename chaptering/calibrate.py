@@ -21,7 +21,7 @@ def tag_scores(model: Any, tok: Any, rows: Iterable[dict[str, Any]]) -> list[tup
     """(P(+) against P(=), is a reference start) for every line after line 0 of each window."""
     import torch
 
-    from chaptering.constrain import tag_token_ids, start_probability
+    from chaptering.constrain import start_probability, tag_token_ids
 
     ids = tag_token_ids(tok)
     out: list[tuple[float, bool]] = []

@@ -164,7 +164,8 @@ class _Tracker:
         import mlflow
 
         if mlflow.active_run() is not None:
-            keys = ("loss", "decision_loss", "learning_rate", "grad_norm", "rewards/accuracies", "rewards/margins", "kl")
+            keys = ("loss", "decision_loss", "learning_rate", "grad_norm", "rewards/accuracies", "rewards/margins",
+                    "kl")
             mlflow.log_metrics({f"{self.stage}_{k.replace('/', '_')}": float(v) for k, v in logs.items()
                                 if k in keys and v is not None}, step=step)
 

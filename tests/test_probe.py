@@ -12,7 +12,7 @@ from chaptering.config import PROJECT_ROOT
 from chaptering.models import load_model
 
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
-import probe  # noqa: E402
+import probe
 
 
 @pytest.fixture(scope="module")
