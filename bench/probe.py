@@ -5,8 +5,7 @@ scored on the held-out videos: per-transcript ROC AUC of "does a chapter start a
 `metrics.start_auc`), and boundary F1@5 / Pk when its scores pick the starts the way ranked decoding does
 (`baselines.top_starts`; count from the length rule, from a line-count fit on the training videos, from the
 probe itself (1 + the sum of its unweighted, so roughly calibrated, probabilities), and the reference count
-as an oracle), for hidden states
-taken at two places of the same teacher-forced window:
+as an oracle), for hidden states taken at two places of the same teacher-forced window:
 - `answer`: the last digit of `k` in the answer (`k =`), where the tagged format makes its decision.
   The model must look back to line k's text from there.
 - `inline`: the `]` closing `[k]` in the transcript itself, right after the model has read line k.
@@ -28,12 +27,12 @@ from chaptering.baselines import expected_chapters, top_starts
 from chaptering.config import get_settings
 from chaptering.curate import ContaminationGuard
 from chaptering.io import read_transcripts
-from chaptering.metrics import boundary_prf, pk
+from chaptering.metrics import boundary_prf, pk, score
 from chaptering.models import load_model, resolve_base
-from chaptering.schema import Transcript
+from chaptering.schema import Prediction, Transcript
 
 
-def positions(tok: Any, t: Transcript) -> tuple[list[int], list[int], list[int]] | None:
+def positions(tok: Any, t: Transcript) -> tuple[list[int], list[int], list[int]]:
     """(token ids, answer positions, inline positions) for lines 0..n-1 of the whole transcript as one window."""
     n = len(t.segments)
     lines = prompt.window_lines(t, 0, n)
@@ -47,7 +46,7 @@ def positions(tok: Any, t: Transcript) -> tuple[list[int], list[int], list[int]]
         return bisect.bisect_right(starts, c) - 1
 
     inline, cursor = [], text.index(prompt.INSTRUCTION) + len(prompt.INSTRUCTION)
-    for k, line in enumerate(lines):
+    for line in lines:
         cursor = text.index(line, cursor) + len(line)
         inline.append(token_at(cursor - 1))  # the closing `]`
     answer, cursor = [], answer_at
@@ -83,6 +82,7 @@ def features(model: Any, tok: Any, transcripts: list[Transcript], max_tokens: in
 
 
 def segment_scores(starts: list[int], t: Transcript) -> tuple[float, float]:
+    """F1@5 and Pk of chapter starts picked from probe scores (the values `metrics.score` reports)."""
     ref = [c.start_segment for c in t.chapters or []]
     return boundary_prf(ref, starts, 5)[2], pk(ref, starts, len(t.segments))
 
@@ -105,14 +105,15 @@ def probe(train: list[dict[str, Any]], test: list[dict[str, Any]], key: str, c: 
     b, a = np.polyfit([len(r["y"]) + 1 for r in train], [sum(r["y"]) + 1 for r in train], 1)
     aucs, rule, fitted, expected, oracle = [], [], [], [], []
     for r in test:
-        s = clf.predict_proba(np.asarray(r[key], dtype=np.float32))[:, 1]
+        xr = np.asarray(r[key], dtype=np.float32)
+        s = clf.predict_proba(xr)[:, 1]
         if 0 < sum(r["y"]) < len(r["y"]):
             aucs.append(roc_auc_score(r["y"], s))
         n, keys = len(r["t"].segments), [-v for v in s]
         rule.append(segment_scores(top_starts(n, keys, expected_chapters(r["t"]) - 1), r["t"]))
         fitted.append(segment_scores(top_starts(n, keys, max(1, round(a + b * n)) - 1), r["t"]))
         oracle.append(segment_scores(top_starts(n, keys, len(r["t"].chapters or []) - 1), r["t"]))
-        p = calibrated.predict_proba(np.asarray(r[key], dtype=np.float32))[:, 1]
+        p = calibrated.predict_proba(xr)[:, 1]
         expected.append(segment_scores(top_starts(n, [-v for v in p], round(float(p.sum()))), r["t"]))
     mean = statistics.mean
     return {"auc": mean(aucs), "n": len(aucs), "f1_k5": mean(f for f, _ in rule), "pk": mean(p for _, p in rule),
@@ -124,9 +125,9 @@ def probe(train: list[dict[str, Any]], test: list[dict[str, Any]], key: str, c: 
 def stored(path: Path, test: list[dict[str, Any]]) -> tuple[float, float]:
     """Mean F1@5 / Pk of a stored predictions.jsonl over the same held-out transcripts as the probe."""
     by_id = {r["id"]: r["t"] for r in test}
-    scores = [segment_scores([c["start_segment"] for c in p["chapters"]], by_id[p["id"]])
-              for p in map(json.loads, path.read_text().splitlines()) if p["id"] in by_id]
-    return statistics.mean(f for f, _ in scores), statistics.mean(p for _, p in scores)
+    preds = [Prediction.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+    scores = [score(by_id[p.id], p) for p in preds if p.id in by_id]
+    return statistics.mean(s["f1_k5"] for s in scores), statistics.mean(s["pk"] for s in scores)
 
 
 def main() -> None:

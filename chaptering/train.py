@@ -269,8 +269,8 @@ def train_sft(
     trainer = trainer_cls(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[tracker.callback])
     resumed = _last_checkpoint(out_dir)
     trainer.train(resume_from_checkpoint=resumed)
-    return _finish(trainer, tok, out_dir, tracker, "sft", backend, t0, resumed, {"base_model": base, "rows": len(ds),
-                                                                        "decision_weight": cfg.decision_weight})
+    extra = {"base_model": base, "rows": len(ds), "decision_weight": cfg.decision_weight}
+    return _finish(trainer, tok, out_dir, tracker, "sft", backend, t0, resumed, extra)
 
 
 def train_preference(
