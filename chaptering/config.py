@@ -155,6 +155,7 @@ class Settings(BaseSettings):
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # busy 2-core machines
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")  # its model load would ping the hub
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
         os.environ.setdefault("HF_DATASETS_CACHE", str((self.cache_dir / "hf-datasets").resolve()))
         return self

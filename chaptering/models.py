@@ -106,29 +106,46 @@ def read_adapter_base(adapter_dir: Path) -> str | None:
     return json.loads(cfg.read_text()).get("base_model_name_or_path")
 
 
-def make_tiny_model(out_dir: Path, tokenizer_source: str, seed: int = 0) -> Path:
-    """A tiny random Llama with the real tokenizer and chat template: fast tests of the real code paths."""
+# Published architectures (from their config.json) for speed benchmarks on random weights: the hub is
+# out of reach, and tokens/s and memory depend on the shapes, not on the values.
+SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192),
+    "smollm2-135m": dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5),
+    "qwen2.5-0.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                         num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                         max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6),
+}
+
+
+def make_random_model(out_dir: Path, tokenizer_source: str, shape: str = "tiny", seed: int = 0) -> Path:
+    """A random model of a known shape with the real tokenizer and chat template.
+
+    `tiny` keeps CPU tests of the real code paths fast; the published shapes give honest speed and
+    memory figures where their weights cannot be downloaded.
+    """
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if (out_dir / "config.json").is_file():
         return out_dir
+    if shape not in SHAPES:
+        raise ValueError(f"unknown model shape {shape!r}; known: {', '.join(SHAPES)}")
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(tokenizer_source)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=8192,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+    dims = {"vocab_size": len(tok), **SHAPES[shape]}
+    config = AutoConfig.for_model(
+        **dims, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         tie_word_embeddings=True,
     )
-    model = LlamaForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32 if shape == "tiny" else torch.bfloat16)
     model.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)
     return out_dir
+
+
+def make_tiny_model(out_dir: Path, tokenizer_source: str, seed: int = 0) -> Path:
+    """A tiny random Llama with the real tokenizer and chat template: fast tests of the real code paths."""
+    return make_random_model(out_dir, tokenizer_source, "tiny", seed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,9 @@ class TrainResult:
     seconds: float
     resumed_from: str | None = None
     losses: list[float] = field(default_factory=list)
+    # (seconds since the stage started, tokens seen) at each logged step: steady-state speed without
+    # the model load and the first steps' compilation, which `seconds` includes
+    progress: list[tuple[float, int]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -156,14 +160,16 @@ class _Tracker:
         self.callback, self.stage, self.stop_after = CB(), stage, stop_after
         self.losses: list[float] = []
         self.tokens = 0
+        self.progress: list[tuple[float, int]] = []
+        self.t0 = time.perf_counter()
 
     def on_log(self, step: int, logs: dict[str, float]) -> None:
+        self.tokens = int(logs.get("num_input_tokens_seen", self.tokens) or self.tokens)
         if "loss" in logs:
             self.losses.append(float(logs["loss"]))
-        self.tokens = int(logs.get("num_input_tokens_seen", self.tokens) or self.tokens)
-        import mlflow
-
-        if mlflow.active_run() is not None:
+            self.progress.append((round(time.perf_counter() - self.t0, 3), self.tokens))
+        mlflow = sys.modules.get("mlflow")  # a run can only be active if the caller imported mlflow
+        if mlflow is not None and mlflow.active_run() is not None:
             keys = ("loss", "decision_loss", "learning_rate", "grad_norm", "rewards/accuracies", "rewards/margins",
                     "kl")
             mlflow.log_metrics({f"{self.stage}_{k.replace('/', '_')}": float(v) for k, v in logs.items()
@@ -190,6 +196,7 @@ def _finish(trainer: Any, tok: Any, out_dir: Path, tracker: _Tracker, stage: str
         last_loss=tracker.losses[-1] if tracker.losses else None,
         tokens_seen=int(getattr(state, "num_input_tokens_seen", 0) or tracker.tokens),
         seconds=round(time.perf_counter() - t0, 1), resumed_from=resumed, losses=tracker.losses,
+        progress=tracker.progress,
     )
     (adapter_dir / "training.json").write_text(json.dumps({**result.to_dict(), **extra}, indent=2))
     return result

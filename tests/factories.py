@@ -4,7 +4,6 @@ import itertools
 import json
 from pathlib import Path
 
-from chaptering import pipeline
 from chaptering.config import PROJECT_ROOT, DataSettings, ModelSettings, Settings, TrainSettings
 from chaptering.io import read_transcripts, write_jsonl
 from chaptering.schema import Chapter, Segment, Transcript
@@ -48,6 +47,8 @@ def small_project(tmp_path: Path, tiny_dir: Path) -> Settings:
 
 def run_once(settings: Settings, fail_at: str | None = None) -> dict:
     """The flow's stage sequence without Prefect (test_deploy covers Prefect itself)."""
+    from chaptering import pipeline  # here, so tests that only build transcripts need no MLflow or Prefect
+
     run_dir = pipeline.new_run_dir(settings)
     ingested = pipeline.ingest_stage(settings, run_dir)
     curated = pipeline.curate_stage(settings, run_dir)

@@ -83,17 +83,6 @@ def test_sampling_downweights_single_chapter_windows() -> None:
     assert len(picked) == 20 and share_single <= 0.6  # 80 % in the pool
 
 
-@pytest.mark.gpu
-def test_unsloth_qlora_step(rows, tmp_path: Path) -> None:
-    """On CUDA: a real 4-bit Unsloth step on the embedded model."""
-    from chaptering.models import convert_embedded
-
-    base = str(convert_embedded(tmp_path / "cache"))
-    result = train_sft(Dataset.from_list(rows * 2), base, tmp_path / "u", _cfg(max_steps=2, learning_rate=2e-4),
-                       backend=choose_backend("unsloth"))
-    assert result.backend == "unsloth" and result.steps == 2
-
-
 def test_sampling_gives_named_sources_their_share() -> None:
     ds = Dataset.from_list([{"source": "video", "n_chapters": 3}] * 50 + [{"source": "meet/a", "n_chapters": 3}] * 300
                            + [{"source": "lecture", "n_chapters": 3}] * 300)
