@@ -18,11 +18,11 @@ print(sys.version.split()[0], 'torch', torch.__version__, 'transformers', transf
 } 2>&1 | tee "$OUT/env.txt"
 python3 -c "from chaptering.config import get_settings; from chaptering.models import EMBEDDED_NAME, make_random_model
 make_random_model(get_settings().cache_dir / EMBEDDED_NAME, '.gpu/tok', 'smollm2-135m')" || exit 1
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/pytest.log" | tail -25
+timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/pytest.log" | tail -25
 for shape in smollm2-135m qwen2.5-0.5b; do
   for backend in peft unsloth; do
     echo "== $shape $backend" | tee -a "$OUT/bench.log"
-    timeout 150 python3 bench/train.py --steps "$STEPS" --backend "$backend" --shape "$shape" >>"$OUT/bench.log" 2>&1 \
+    timeout 90 python3 bench/train.py --steps "$STEPS" --backend "$backend" --shape "$shape" >>"$OUT/bench.log" 2>&1 \
       || echo "FAILED ($?)" | tee -a "$OUT/bench.log"
   done
 done
