@@ -3,8 +3,9 @@
 F1@5 forgives a start up to 5 lines off; Pk (k = half the mean reference chapter length, a few lines on
 short videos) does not. This scores, on the held-out set: the reference starts moved by exactly j lines,
 the stored predictions as they are, and the same predictions with every start that F1@5 matched moved onto
-its reference start (same count, same F1, exact places), plus how far each predicted start lies from the
-nearest reference start. No model is run.
+its reference start (same count, same F1, exact places), or with every start moved to the longest pause
+(gap between timed lines) within 2 lines, plus how far each predicted start lies from the nearest reference
+start. No model is run.
 """
 
 from __future__ import annotations
@@ -46,6 +47,19 @@ def snapped(preds: dict[str, list[int]]) -> Picker:
     return pick
 
 
+def paused(preds: dict[str, list[int]], radius: int = 2) -> Picker:
+    def pick(t: Transcript, ref: list[int], n: int) -> list[int]:
+        segs = t.segments
+        pause = {g: (segs[g].start - segs[g - 1].end) if segs[g].start is not None and segs[g - 1].end is not None
+                 else 0.0 for g in range(1, n)}
+        out: set[int] = set()
+        for b in sorted(b for b in preds[t.id] if b):
+            near = [g for g in range(max(1, b - radius), min(n - 1, b + radius) + 1) if g not in out]
+            out.add(max(near, key=lambda g: (pause[g], -abs(g - b))) if near else b)
+        return [0, *sorted(out)]
+    return pick
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("predictions", type=Path, help="a stored predictions.jsonl over the held-out set")
@@ -63,6 +77,7 @@ def main() -> None:
                      (statistics.mean(r[0] for r in runs), statistics.mean(r[1] for r in runs))))
     rows.append((f"{args.predictions}", mean_scores(heldout, lambda t, ref, n: preds[t.id])))
     rows.append(("  the same, F1-matched starts moved onto their reference start", mean_scores(heldout, snapped(preds))))
+    rows.append(("  the same, every start moved to the longest pause within 2 lines", mean_scores(heldout, paused(preds))))
     print(f"{len(heldout)} held-out transcripts")
     for name, (f1, p) in rows:
         print(f"{name:70s} F1@5 {f1:.3f}  Pk {p:.3f}")

@@ -27,3 +27,9 @@ def test_snapped_moves_only_matched_starts_and_lowers_pk() -> None:
     (f1_raw, pk_raw), (f1_snap, pk_snap) = (precision.mean_scores([t], lambda t, r, n: picks["s"]),
                                             precision.mean_scores([t], precision.snapped(picks)))
     assert f1_snap == f1_raw and pk_snap < pk_raw
+
+
+def test_paused_moves_a_start_to_the_longest_nearby_pause() -> None:
+    t = make_transcript(30, (0, 10, 20), tid="p")
+    t.segments[11].start = t.segments[10].end + 5.0  # a long pause before line 11
+    assert precision.paused({"p": [0, 12, 20]})(t, [0, 10, 20], 30) == [0, 11, 20]
