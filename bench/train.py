@@ -48,14 +48,7 @@ def main() -> None:
     ap.add_argument("--shape", default=None, help="random weights of this architecture (chaptering.models.SHAPES)")
     ap.add_argument("--set", action="append", default=[], help="section.key=value overrides")
     args = ap.parse_args()
-    if args.backend == "unsloth":
-        import unsloth  # noqa: F401 - before transformers/TRL, or Unsloth cannot patch them
-    from datasets import Dataset
-
-    from chaptering.datasets import Windowing, sample_rows, sft_rows
-    from chaptering.io import read_transcripts
-    from chaptering.models import load_tokenizer, make_random_model, resolve_base
-    from chaptering.train import choose_backend, cuda_available, train_sft
+    from chaptering.train import choose_backend, cuda_available, train_sft  # imports no ML library
 
     overrides = args.set + [f"train.max_steps={args.steps}", "train.save_steps=100000"]
     if args.backend:
@@ -64,6 +57,15 @@ def main() -> None:
         overrides.append(f"model.base={args.base}")
     settings = apply_overrides(get_settings(), overrides).prepare()
     cfg = settings.train
+    backend = choose_backend(cfg.backend)
+    if backend == "unsloth":
+        import unsloth  # noqa: F401 - before transformers/TRL, or Unsloth cannot patch them
+    from datasets import Dataset
+
+    from chaptering.datasets import Windowing, sample_rows, sft_rows
+    from chaptering.io import read_transcripts
+    from chaptering.models import load_tokenizer, make_random_model, resolve_base
+
     base = resolve_base(settings.model.base, settings.cache_dir)
     if args.shape:
         base = str(make_random_model(settings.cache_dir / "shapes" / args.shape, base, args.shape))
@@ -74,7 +76,6 @@ def main() -> None:
                        cfg.balance_sources, cfg.source_shares)
     device = "cuda" if cuda_available() else "cpu"
     gflops = matmul_gflops(device=device)
-    backend = choose_backend(cfg.backend)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
