@@ -2,9 +2,9 @@
 # Packs what bench/gpu.sh needs on a lent GPU machine that reaches no registry (device tool): the GPU
 # stack as Unsloth pins it (it caps transformers at 5.17, TRL at 1.15, datasets below 5), our pure-Python
 # needs, and the embedded tokenizer. Run here, in the repo root; carry `.gpu` (about 17 MB, under the
-# 64 MiB that travels: only the CUDA 13.0 build of bitsandbytes and no Unsloth Studio front end).
+# 64 MiB that travels: only the CUDA 13.0 build of bitsandbytes and no Unsloth Studio front end). `.gpu/` is
+# git-ignored.
 set -euo pipefail
-grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo /.gpu/ >> .git/info/exclude
 work=$(mktemp -d)
 plat=(--only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 --platform manylinux_2_28_x86_64
       --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any)
