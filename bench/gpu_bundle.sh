@@ -20,7 +20,8 @@ rm -rf "$work/site312/studio" "$work/site312/bin"
 find "$work/site312/bitsandbytes" -name 'libbitsandbytes_*.so' ! -name '*cuda130*' ! -name '*_cpu*' -delete
 mkdir -p .gpu/tok
 tar -C "$work" -cJf .gpu/site.tar.xz site312
-tok=$(python3 -c "from chaptering.config import get_settings; print(get_settings().cache_dir / 'SmolLM2-135M-Instruct')")
+tok=$(${PY:-.venv/bin/python} -c "from chaptering.config import get_settings; from chaptering.models import convert_embedded
+print(convert_embedded(get_settings().cache_dir))")
 cp "$tok"/{tokenizer.json,tokenizer_config.json,chat_template.jinja} .gpu/tok/
 rm -rf "$work"
 du -sh .gpu
