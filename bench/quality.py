@@ -70,12 +70,14 @@ def main() -> None:
         reports.append(report)
         print(markdown_table([report]).splitlines()[-1], flush=True)
     table = markdown_table(reports)
+    print(f"\nheld-out: {data} ({len(transcripts)} transcripts, fingerprint {reports[0].data_fingerprint})\n")
+    print(table)
+    if args.only:  # a partial run: its reports are under out/<model>/; the combined table stays whole
+        return
     (args.out / "table.md").write_text(table + "\n")
     plot_compare(reports, args.out / "compare.png")
     (args.out / "summary.json").write_text(json.dumps(
         {r.model: {k: v for k, v in r.aggregate.items()} for r in reports}, indent=2))
-    print(f"\nheld-out: {data} ({len(transcripts)} transcripts, fingerprint {reports[0].data_fingerprint})\n")
-    print(table)
 
 
 if __name__ == "__main__":
