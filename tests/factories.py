@@ -9,6 +9,13 @@ from chaptering.io import read_transcripts, write_jsonl
 from chaptering.schema import Chapter, Segment, Transcript
 
 
+def lora_b(adapter: Path) -> dict:
+    """An adapter folder's LoRA B matrices: they start at zero, so any change is learned."""
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(str(adapter / "adapter_model.safetensors")).items() if "lora_B" in k}
+
+
 def make_transcript(n: int = 30, chapters: tuple[int, ...] = (0, 10, 20), tid: str = "t1", timed: bool = True) -> Transcript:
     return Transcript(
         id=tid,

@@ -15,8 +15,7 @@ if torch.cuda.is_available() and importlib.util.find_spec("unsloth"):
     import unsloth  # noqa: F401 - before transformers/TRL, so all of Unsloth's patches apply
 
 from datasets import Dataset
-from factories import make_transcript
-from safetensors.torch import load_file
+from factories import lora_b, make_transcript
 
 from chaptering.config import TrainSettings
 from chaptering.datasets import Windowing, dpo_rows_synthetic, sft_rows
@@ -41,10 +40,6 @@ def rows(win: Windowing) -> list[dict]:
     return list(sft_rows([make_transcript(30, (0, 10, 20), tid=f"g{i}") for i in range(4)], win))
 
 
-def _lora_b(adapter: Path) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in load_file(str(adapter / "adapter_model.safetensors")).items() if "lora_B" in k}
-
-
 def test_auto_backend_is_unsloth_on_cuda() -> None:
     pytest.importorskip("unsloth")
     assert choose_backend("auto") == "unsloth"
@@ -59,7 +54,7 @@ def test_qlora_sft_steps_write_an_adapter(backend: str, rows, embedded_dir: Path
     assert result.backend == backend and result.steps == 3 and result.tokens_seen > 0
     assert result.losses and all(math.isfinite(loss) for loss in result.losses)  # no NaN from 4-bit
     # LoRA B starts at zero: a non-zero entry was learned through the quantised base
-    assert any(v.abs().sum() > 0 for v in _lora_b(result.adapter_dir).values())
+    assert any(v.abs().sum() > 0 for v in lora_b(result.adapter_dir).values())
     assert (result.adapter_dir / "adapter_config.json").is_file()
 
 
@@ -70,5 +65,5 @@ def test_unsloth_dpo_continues_from_sft_adapter(rows, win: Windowing, embedded_d
     dpo = train_preference(Dataset.from_list(pairs), "dpo", str(embedded_dir), sft.adapter_dir, tmp_path / "dpo",
                            _cfg(), backend="unsloth")
     assert dpo.steps == 2
-    before, after = _lora_b(sft.adapter_dir), _lora_b(dpo.adapter_dir)
+    before, after = lora_b(sft.adapter_dir), lora_b(dpo.adapter_dir)
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)

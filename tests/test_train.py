@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from factories import make_transcript
-from safetensors.torch import load_file
+from factories import lora_b, make_transcript
 
 from chaptering.config import TrainSettings
 from chaptering.datasets import Windowing, dpo_rows_synthetic, sample_rows, sft_rows
@@ -29,10 +28,6 @@ def rows(tiny_dir: Path) -> list[dict]:
     return list(sft_rows([make_transcript(30, (0, 10, 20), tid=f"t{i}") for i in range(2)], win))
 
 
-def _lora_b(adapter: Path) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in load_file(str(adapter / "adapter_model.safetensors")).items() if "lora_B" in k}
-
-
 def test_backend_on_cpu_is_peft() -> None:
     assert choose_backend("auto") == "peft"
     assert choose_backend("peft") == "peft"
@@ -45,7 +40,7 @@ def test_sft_changes_adapter_and_lowers_loss(rows, tiny_dir: Path, tmp_path: Pat
     assert result.steps == 6 and result.tokens_seen > 0
     assert result.last_loss < result.first_loss
     # LoRA B starts at zero: any non-zero entry was learned
-    assert any(v.abs().sum() > 0 for v in _lora_b(result.adapter_dir).values())
+    assert any(v.abs().sum() > 0 for v in lora_b(result.adapter_dir).values())
     assert (result.adapter_dir / "training.json").is_file()
 
 
@@ -61,12 +56,12 @@ def test_sft_resumes_after_crash(rows, tiny_dir: Path, tmp_path: Path) -> None:
 def test_dpo_and_kto_on_top_of_sft(rows, tiny_dir: Path, tmp_path: Path) -> None:
     cfg = _cfg(max_steps=2)
     sft = train_sft(Dataset.from_list(rows), str(tiny_dir), tmp_path / "sft", cfg)
-    before = _lora_b(sft.adapter_dir)
+    before = lora_b(sft.adapter_dir)
     win = Windowing(load_tokenizer(str(tiny_dir)), 512, 24)
     pairs = list(dpo_rows_synthetic([make_transcript(30, (0, 10, 20), tid=f"d{i}") for i in range(3)], win, seed=0))
     assert pairs and all(p["chosen"] != p["rejected"] for p in pairs)
     dpo = train_preference(Dataset.from_list(pairs), "dpo", str(tiny_dir), sft.adapter_dir, tmp_path / "dpo", cfg)
-    after = _lora_b(dpo.adapter_dir)
+    after = lora_b(dpo.adapter_dir)
     assert dpo.steps == cfg.dpo_steps
     assert any(not torch.equal(before[k], after[k]) for k in before)
     kto_rows = [{"prompt": p["prompt"], "completion": p[k], "label": k == "chosen"} for p in pairs
