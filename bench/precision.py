@@ -16,22 +16,20 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
+from probe import segment_scores  # bench/ is on the path: F1@5 and Pk of one transcript's starts
+
 from chaptering.config import get_settings
 from chaptering.io import read_transcripts
-from chaptering.metrics import boundary_prf, match, pk
+from chaptering.metrics import match
 from chaptering.schema import Prediction, Transcript
 
 Picker = Callable[[Transcript, list[int], int], list[int]]
 
 
 def mean_scores(heldout: list[Transcript], pick: Picker) -> tuple[float, float]:
-    f1s, pks = [], []
-    for t in heldout:
-        n, ref = len(t.segments), [c.start_segment for c in t.chapters or []]
-        hyp = pick(t, ref, n)
-        f1s.append(boundary_prf(ref, hyp, 5)[2])
-        pks.append(pk(ref, hyp, n))
-    return statistics.mean(f1s), statistics.mean(pks)
+    scores = [segment_scores(pick(t, [c.start_segment for c in t.chapters or []], len(t.segments)), t)
+              for t in heldout]
+    return statistics.mean(f for f, _ in scores), statistics.mean(p for _, p in scores)
 
 
 def shifted(j: int, seed: int) -> Picker:
