@@ -135,6 +135,18 @@ class EqualChapterer:
         return _prediction(transcript, [i * n // k for i in range(k)], self.name)
 
 
+class OracleEqualChapterer:
+    """Equal spacing with the *reference* chapter count: not deployable (it reads the answer's count),
+    but it shows how much of a figure is the count alone. Needs labelled transcripts."""
+
+    name = "baseline:equal-oracle"
+
+    def predict(self, transcript: Transcript) -> Prediction:
+        if not transcript.chapters:
+            raise ValueError(f"transcript {transcript.id!r}: baseline:equal-oracle needs reference chapters")
+        return EqualChapterer(len(transcript.chapters)).predict(transcript).model_copy(update={"model": self.name})
+
+
 class RandomChapterer:
     """round(n_chapters) chapters at random distinct starts.
 
@@ -425,7 +437,7 @@ class EmbeddingChapterer:
 
 # --- factory ----------------------------------------------------------------------------------------
 
-BASELINES = ("random", "equal", "single", "texttiling", "embedding")
+BASELINES = ("random", "equal", "single", "texttiling", "embedding", "equal-oracle")
 
 
 def make_baseline(name: str, train_mean_chapters: float = 5.0, seed: int = 0) -> Chapterer:
@@ -447,6 +459,8 @@ def make_baseline(name: str, train_mean_chapters: float = 5.0, seed: int = 0) ->
         return TextTilingChapterer(n_chapters=train_mean_chapters)
     if key == "embedding":
         return EmbeddingChapterer(n_chapters=train_mean_chapters)
+    if key == "equal-oracle":
+        return OracleEqualChapterer()
     raise ValueError(f"unknown baseline {name!r}: expected one of {', '.join(BASELINES)}")
 
 

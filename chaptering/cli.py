@@ -74,11 +74,11 @@ def evaluate(
     limit: Annotated[Optional[int], typer.Option(help="Only the first N transcripts (smoke runs)")] = None,
     set: SetOpt = None,
 ) -> None:
-    """Score one or more models on a labelled set (F1@k, Pk, WindowDiff, B, titles, output health)."""
+    """Score models on a labelled set: the headline (macro F1 over domains) and every metric per domain."""
     import json
 
     from chaptering.evaluate import evaluate as run_eval
-    from chaptering.evaluate import markdown_table, plot_compare, write_report
+    from chaptering.evaluate import full_markdown, plot_compare, write_report
     from chaptering.io import InputError, read_transcripts
     from chaptering.predict import load_chapterer
 
@@ -101,12 +101,13 @@ def evaluate(
             write_report(report, predictions, transcripts, sub)
     if out is not None and len(reports) > 1:
         plot_compare(reports, out / "compare.png")
-        (out / "compare.md").write_text(markdown_table(reports) + "\n")
+        (out / "compare.md").write_text(full_markdown(reports) + "\n")
     if as_json:
         typer.echo(json.dumps([{"model": r.model, "data": r.data, "fingerprint": r.data_fingerprint,
-                                "aggregate": r.aggregate} for r in reports], indent=2))
+                                "headline": r.headline, "domains": r.domains, "aggregate": r.aggregate}
+                               for r in reports], indent=2))
     else:
-        typer.echo(markdown_table(reports))
+        typer.echo(full_markdown(reports))
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Build training data without Prefect.")
@@ -161,6 +162,7 @@ def models(set: SetOpt = None) -> None:
     from rich.table import Table
 
     from chaptering import registry
+    from chaptering.evaluate import DOMAIN_ORDER
 
     settings = _settings(set)
     rows = registry.list_versions(settings)
@@ -168,13 +170,14 @@ def models(set: SetOpt = None) -> None:
         typer.echo("no registered versions yet: run `chaptering retrain`")
         return
     table = Table(title=f"registered model {settings.registered_model!r}")
-    for col in ("version", "aliases", "created", "decision", "F1@5", "Pk", "unusable"):
+    domains = [d for d in DOMAIN_ORDER if any(f"{d}_f1" in r.get("metrics", {}) for r in rows)]
+    keys = ["headline", *(f"{d}_f1" for d in domains), "unusable"]
+    for col in ("version", "aliases", "created", "decision", "headline", *(f"{d} F1" for d in domains), "unusable"):
         table.add_column(col)
     for r in rows:
         m = r.get("metrics", {})
         table.add_row(str(r["version"]), ",".join(r.get("aliases", [])), str(r.get("created", ""))[:19],
-                      str(r.get("decision", "")), *(f"{m[k]:.3f}" if k in m else "–"
-                                                   for k in ("f1_k5", "pk", "unusable")))
+                      str(r.get("decision", "")), *(f"{m[k]:.3f}" if k in m else "–" for k in keys))
     Console().print(table)
 
 

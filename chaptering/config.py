@@ -89,9 +89,16 @@ class TrainSettings(BaseModel):
 
 
 class GateSettings(BaseModel):
-    min_f1_gain: float = 0.01  # challenger must beat champion F1@5 by this much
+    """Promotion rules (chaptering/gate.py). Margins are per domain, on the held-out set's domains."""
+
+    max_domain_f1_drop: float = 0.05  # no domain's primary F1 may fall further below the reference
     max_pk_regression: float = 0.02
+    max_b_regression: float = 0.02  # Boundary Similarity
     max_unusable_regression: float = 0.05
+    # What a first candidate (no champion yet) must beat, besides the zero-shot base model.
+    baselines: list[str] = Field(default_factory=lambda: ["random", "equal", "texttiling", "embedding"])
+    n_boot: int = 1000
+    seed: int = 0
 
 
 class ServeSettings(BaseModel):

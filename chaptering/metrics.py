@@ -28,6 +28,13 @@ Conventions (chosen once, documented here, relied on by evaluate/registry):
   prediction has no scores or the reference has no boundary (or nothing but boundaries).
 * Boundary Similarity is segeval's B on chapter masses (lengths), n_t = 2 (its default). segeval fails
   when neither side has a boundary; two single-chapter segmentations are identical, so B = 1.
+* Yardstick v2. Each transcript's primary figure `f1` is boundary F1 within 5 s (`f1_5s`) when it is
+  timed and within 5 segments (`f1_k5`, turns in a meeting) when it is not: a line tolerance on short
+  videos rewards equal spacing, a time tolerance does not. Transcripts carry a domain
+  (`meta["domain"]`: short, talks, lectures, meetings, work); the headline is the macro mean over domains
+  of each domain's mean `f1`, so 60 short videos cannot hide 7 lectures. Its interval resamples
+  transcripts within each domain (stratified bootstrap); `paired_headline_diff` does the same on
+  per-transcript differences of two models scored on the same transcripts, which is what the gate reads.
 """
 
 from __future__ import annotations
@@ -39,7 +46,9 @@ from typing import Any
 
 from chaptering.schema import Prediction, Transcript
 
-PRIMARY = "f1_k5"
+PRIMARY = "f1"  # per transcript: f1_5s when timed, f1_k5 (turns) when not
+HEADLINE = "headline"
+DEFAULT_DOMAIN = "all"
 LOWER_IS_BETTER = {"pk", "windowdiff", "abs_count_error", "unusable"}
 HEALTH = ("clean", "repaired", "unusable")
 _HEALTH_KEYS = {"clean": "parsed_clean", "repaired": "repaired", "unusable": "unusable"}
@@ -249,6 +258,7 @@ def score(reference: Transcript, prediction: Prediction) -> dict[str, float | No
         out["f1_5s"] = boundary_prf_time(ref_t, hyp_t, 5.0)[2]
     else:
         out["f1_3s"] = out["f1_5s"] = None
+    out[PRIMARY] = out["f1_5s"] if reference.has_times else out["f1_k5"]
     out["pk"] = pk(ref, hyp, n)
     out["windowdiff"] = windowdiff(ref, hyp, n)
     out["boundary_similarity"] = boundary_similarity(ref, hyp, n)
@@ -300,3 +310,81 @@ def aggregate(
         lo, hi = np.percentile(boot, [2.5, 97.5]) if boot.size else (np.nan, np.nan)
         out[key] = {"mean": float(vals[ok].mean()), "lo": float(lo), "hi": float(hi), "n": float(ok.sum())}
     return out
+
+
+# --- yardstick v2: domains and the headline -------------------------------------------------------------
+
+
+def domain_of(transcript: Transcript) -> str:
+    """The held-out domain a transcript is scored in (`meta["domain"]`; one pool when unset)."""
+    return str(transcript.meta.get("domain") or DEFAULT_DOMAIN)
+
+
+def by_domain(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows grouped by their `domain` key, domains in first-seen order."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(str(r.get("domain") or DEFAULT_DOMAIN), []).append(r)
+    return out
+
+
+def _macro_bootstrap(values: dict[str, Sequence[float]], n_boot: int, seed: int) -> dict[str, Any]:
+    """Macro mean over domains of per-domain means, with a 95 % interval from resampling within domains.
+
+    One generator drives every domain in a fixed order, so two calls with the same domains, sizes and
+    seed resample the same transcripts: that is what makes `paired_headline_diff` paired.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    domains = sorted(values)
+    boot = np.zeros(n_boot)
+    means = {}
+    for d in domains:
+        v = np.asarray(values[d], dtype=float)
+        means[d] = float(v.mean())
+        boot += v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
+    boot /= len(domains)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"mean": float(np.mean(list(means.values()))), "lo": float(lo), "hi": float(hi),
+            "n": float(sum(len(v) for v in values.values())), "domains": means}
+
+
+def _primary_values(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for d, rs in by_domain(rows).items():
+        vals = [float(r[PRIMARY]) for r in rs if r.get(PRIMARY) is not None]
+        if vals:
+            out[d] = vals
+    return out
+
+
+def headline(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The one number: macro mean over domains of the primary F1, with its stratified bootstrap interval."""
+    values = _primary_values(rows)
+    if not values:
+        return {}
+    return _macro_bootstrap(values, n_boot, seed)
+
+
+def paired_headline_diff(
+    rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Headline of A minus headline of B, bootstrapped on per-transcript differences (pairs by id).
+
+    Both must be scored on the same transcripts: a missing pair raises instead of comparing unlike sets.
+    """
+    b_by_id = {r["id"]: r for r in rows_b}
+    a_ids = {r["id"] for r in rows_a}
+    if a_ids != set(b_by_id):
+        missing = sorted(a_ids ^ set(b_by_id))[:5]
+        raise ValueError(f"paired comparison needs the same transcripts on both sides; differ on {missing}")
+    diffs: dict[str, list[float]] = {}
+    for r in rows_a:
+        other = b_by_id[r["id"]]
+        if r.get(PRIMARY) is None or other.get(PRIMARY) is None:
+            continue
+        diffs.setdefault(str(r.get("domain") or DEFAULT_DOMAIN), []).append(float(r[PRIMARY]) - float(other[PRIMARY]))
+    if not diffs:
+        raise ValueError("paired comparison: no transcript has a primary F1 on both sides")
+    return _macro_bootstrap(diffs, n_boot, seed)

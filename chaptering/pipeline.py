@@ -49,8 +49,8 @@ class TrainOutcome:
 @dataclass
 class EvalOutcome:
     challenger: Any | None  # evaluate.Report
-    champion: Any | None
-    base: Any | None
+    champion: Any | None  # on the current held-out set (re-evaluated when the set changed)
+    references: list[Any] = field(default_factory=list)  # baselines + base model, when no champion yet
     plots: list[Path] = field(default_factory=list)
 
 
@@ -312,45 +312,69 @@ def _calibrate(settings: Settings, base: str, adapter: Path, build: BuildOutput)
     return calibrate(adapter, model, tok, load_rows(build.dir / "val"), seed=settings.seed)
 
 
-def base_report(settings: Settings) -> Any:
-    """The zero-shot base model on the held-out set, cached per (base, eval set, prompt, decoding)."""
+def reference_report(spec: str, settings: Settings) -> Any:
+    """A fixed model (a baseline, the zero-shot base, a registered version) on the held-out set, cached
+    per (model, eval set, prompt, decoding, and for baselines the chapter count they aim for)."""
     from chaptering.evaluate import Report, evaluate, result_key
     from chaptering.heldout import load_heldout
-    from chaptering.predict import load_chapterer
+    from chaptering.predict import load_chapterer, train_mean_chapters
 
     transcripts = load_heldout(settings.data.eval_path)
-    key = result_key("base", transcripts, settings)
-    path = settings.cache_dir / "eval" / f"base-{key}.json"
+    aim = f"@{train_mean_chapters(settings):.3f}" if spec.startswith("baseline:") else ""
+    key = result_key(spec + aim, transcripts, settings)
+    path = settings.cache_dir / "eval" / f"{spec.replace(':', '-').replace('/', '_')}-{key}.json"
     if path.is_file():
         return Report.from_json(path.read_text())
-    report, _ = evaluate(load_chapterer("base", settings), transcripts, data_name=str(settings.data.eval_path))
+    report, _ = evaluate(load_chapterer(spec, settings), transcripts, data_name=str(settings.data.eval_path))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(report.to_json())
     return report
 
 
-def evaluate_stage(settings: Settings, outcome: TrainOutcome, run_dir: Path) -> EvalOutcome:
-    """Challenger on the held-out set, beside the champion's stored report (or the base model's)."""
+def base_report(settings: Settings) -> Any:
+    """The zero-shot base model on the held-out set (cached; what a user gets without training)."""
+    return reference_report("base", settings)
+
+
+def champion_on_heldout(settings: Settings) -> Any:
+    """The champion's report on the current held-out set: the one it was promoted on when the set is
+    unchanged, else a fresh evaluation of the champion (cached per version), so a new held-out set
+    does not leave every later challenger incomparable."""
     from chaptering import registry
+    from chaptering.evaluate import fingerprint
+    from chaptering.heldout import load_heldout
+
+    report = registry.champion_report(settings)
+    if report is None or report.data_fingerprint == fingerprint(load_heldout(settings.data.eval_path)):
+        return report
+    version = registry.champion_version(settings)
+    return reference_report(f"models:/{settings.registered_model}/{version}", settings)
+
+
+def evaluate_stage(settings: Settings, outcome: TrainOutcome, run_dir: Path) -> EvalOutcome:
+    """Challenger on the held-out set, beside the champion's report; with no champion, beside the
+    baselines and the zero-shot base model (what a first candidate must beat)."""
     from chaptering.evaluate import evaluate, write_report
     from chaptering.heldout import load_heldout
     from chaptering.predict import load_chapterer
 
     if not outcome.trained:
-        return EvalOutcome(None, registry.champion_report(settings), None)
+        return EvalOutcome(None, champion_on_heldout(settings))
     transcripts = load_heldout(settings.data.eval_path)
     chapterer = load_chapterer(str(outcome.adapter_dir), settings)
     chapterer.name = f"challenger:{run_dir.name}"
     report, predictions = evaluate(chapterer, transcripts, data_name=str(settings.data.eval_path))
     paths = write_report(report, predictions, transcripts, run_dir / "eval")
-    champion = registry.champion_report(settings)
-    return EvalOutcome(report, champion, None if champion else base_report(settings),
-                       [paths["timeline"], paths["markdown"], paths["json"]])
+    champion = champion_on_heldout(settings)
+    references = [] if champion else [
+        *(reference_report(f"baseline:{b}", settings) for b in settings.gate.baselines), base_report(settings)]
+    return EvalOutcome(report, champion, references, [paths["timeline"], paths["markdown"], paths["json"]])
 
 
 def register_stage(settings: Settings, outcome: TrainOutcome, evals: EvalOutcome, build: BuildOutput) -> Decision:
     """Log + register the challenger, run the gate, move `champion` only if it passes."""
     from chaptering import registry
+    from chaptering.gate import gate
     from chaptering.models import EMBEDDED
 
     if not outcome.trained or evals.challenger is None:
@@ -363,7 +387,7 @@ def register_stage(settings: Settings, outcome: TrainOutcome, evals: EvalOutcome
               **{f"dataset.{k}": v for k, v in build.fingerprints.items()}},
         plots=evals.plots, settings=settings, run_id=outcome.run_id,
     )
-    verdict = registry.gate(evals.challenger, evals.champion, evals.base, settings.gate)
+    verdict = gate(evals.challenger, evals.champion, evals.references, settings.gate)
     registry.decide_and_promote(version.version, verdict, settings)
     return Decision(verdict.promote, str(version.version), verdict.reasons)
 
@@ -374,7 +398,7 @@ def register_stage(settings: Settings, outcome: TrainOutcome, evals: EvalOutcome
 def summarize(ingested: dict, curated: dict, build: BuildOutput, outcome: TrainOutcome, evals: EvalOutcome,
               decision: Decision, committed: dict) -> str:
     """The markdown a person reads first: what came in, what was rejected, what was trained, the verdict."""
-    from chaptering.evaluate import markdown_table
+    from chaptering.evaluate import full_markdown
 
     lines = [
         "# Nightly retrain",
@@ -391,9 +415,9 @@ def summarize(ingested: dict, curated: dict, build: BuildOutput, outcome: TrainO
         lines.append(f"  - {r['stage']}: {r['steps']} steps, {r['tokens_seen']} tokens, {r['seconds']} s, "
                      f"loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}" if r.get("first_loss") is not None else
                      f"  - {r['stage']}: {r['steps']} steps")
-    reports = [r for r in (evals.challenger, evals.champion, evals.base) if r is not None]
+    reports = [r for r in (evals.challenger, evals.champion, *evals.references) if r is not None]
     if reports:
-        lines += ["", markdown_table(reports)]
+        lines += ["", full_markdown(reports)]
     verdict = "promoted to champion" if decision.promoted else "not promoted"
     lines += ["", f"**Decision**: version {decision.version or '–'} {verdict}.", ""]
     lines += [f"- {r}" for r in decision.reasons]

@@ -19,7 +19,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 from chaptering.config import PROJECT_ROOT
 
 if TYPE_CHECKING:  # pragma: no cover
-    from chaptering.config import GateSettings, Settings
+    from chaptering.config import Settings
     from chaptering.evaluate import Report
+    from chaptering.gate import Verdict
 
 EXPERIMENT = "chaptering"
 CHAMPION = "champion"
@@ -313,12 +314,15 @@ def log_candidate(
     configure(settings)
     client = _client(settings)
     metrics = report.flat_metrics() if report is not None else {}
+    # Version tags carry the few figures a person compares versions on (headline, per-domain F1/Pk/B);
+    # every metric, per domain and pooled, is a run metric for MLflow's compare view.
+    summary = report.summary_metrics() if report is not None else {}
     version_tags: dict[str, str] = {
         "base_model": base_model,
         "prompt_version": PROMPT_VERSION,
         "git_commit": git_commit(),
         **{k: _tag_value(v) for k, v in tags.items()},
-        **{f"metric.{k}": repr(float(v)) for k, v in metrics.items()},
+        **{f"metric.{k}": repr(float(v)) for k, v in summary.items()},
     }
     if report is not None:
         version_tags.update(eval_data=_tag_value(report.data), eval_fingerprint=report.data_fingerprint)
@@ -394,64 +398,6 @@ def find_version(settings: Settings, **tags: str) -> str | None:
     return None
 
 
-# --- the gate ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Decision:
-    promote: bool
-    reasons: list[str] = field(default_factory=list)
-
-
-_EPS = 1e-9  # 0.392 - 0.382 must count as a gain of 0.010
-
-
-def gate(
-    challenger: Report, champion: Report | None, base: Report | None, gate_settings: GateSettings
-) -> Decision:
-    """Promote only on evidence: beat the champion's F1@5 by a margin without giving back Pk or output
-    health; with no champion yet, beat the zero-shot base model on both F1@5 and Pk."""
-    c_f1, c_pk, c_un = challenger.metric("f1_k5"), challenger.metric("pk"), challenger.metric("unusable")
-    if c_f1 is None or c_pk is None:
-        return Decision(False, ["challenger report lacks f1_k5 or pk: cannot judge it"])
-    ref = champion if champion is not None else base
-    who = "champion" if champion is not None else "base model"
-    if ref is None:
-        return Decision(False, ["no champion and no base-model report to compare against"])
-    if ref.data_fingerprint != challenger.data_fingerprint:
-        return Decision(False, [(
-            f"the {who} was evaluated on other data (fingerprint {ref.data_fingerprint} vs "
-            f"{challenger.data_fingerprint}): re-evaluate it on the current held-out set before comparing"
-        )])
-    r_f1, r_pk, r_un = ref.metric("f1_k5"), ref.metric("pk"), ref.metric("unusable")
-    if r_f1 is None or r_pk is None:
-        return Decision(False, [f"the {who} report lacks f1_k5 or pk: cannot compare"])
-    checks: list[tuple[bool, str]] = []
-    gain, dpk = c_f1 - r_f1, c_pk - r_pk
-    if champion is not None:
-        m = gate_settings.min_f1_gain
-        ok = gain >= m - _EPS
-        checks.append((ok, (f"F1@5 {c_f1:.3f} vs champion {r_f1:.3f}: {gain:+.3f} "
-                            f"{'>=' if ok else '<'} margin {m:.3f}")))
-        m = gate_settings.max_pk_regression
-        ok = dpk <= m + _EPS
-        checks.append((ok, (f"Pk {c_pk:.3f} vs champion {r_pk:.3f} (lower is better): {dpk:+.3f} "
-                            f"{'<=' if ok else '>'} allowed regression {m:.3f}")))
-        if c_un is not None and r_un is not None:
-            m, du = gate_settings.max_unusable_regression, c_un - r_un
-            ok = du <= m + _EPS
-            checks.append((ok, (f"unusable share {c_un:.3f} vs champion {r_un:.3f}: {du:+.3f} "
-                                f"{'<=' if ok else '>'} allowed regression {m:.3f}")))
-    else:
-        ok = gain > 0
-        checks.append((ok, (f"F1@5 {c_f1:.3f} vs base model {r_f1:.3f}: {gain:+.3f} "
-                            f"({'better' if ok else 'not better'}; no champion yet)")))
-        ok = dpk < 0
-        checks.append((ok, (f"Pk {c_pk:.3f} vs base model {r_pk:.3f} (lower is better): {dpk:+.3f} "
-                            f"({'better' if ok else 'not better'})")))
-    return Decision(all(ok for ok, _ in checks), [("ok: " if ok else "FAIL: ") + text for ok, text in checks])
-
-
 # --- aliases -------------------------------------------------------------------------------------
 
 
@@ -487,7 +433,7 @@ def champion_version(settings: Settings) -> str | None:
     return None if mv is None else str(mv.version)
 
 
-def decide_and_promote(version: str, decision: Decision, settings: Settings) -> None:
+def decide_and_promote(version: str, decision: Verdict, settings: Settings) -> None:
     """Record the verdict on the version; only on `promote`, remember the outgoing champion on the new
     version (what `rollback` returns to) and move the alias. A refusal leaves `champion` untouched."""
     client, name, version = _client(settings), settings.registered_model, str(version)
@@ -509,7 +455,9 @@ def decide_and_promote(version: str, decision: Decision, settings: Settings) -> 
 
 def promote(version: str, settings: Settings, reason: str = "manual") -> None:
     """Make VERSION the champion regardless of the gate; the reason is kept on the version."""
-    decide_and_promote(str(version), Decision(True, [reason]), settings)
+    from chaptering.gate import Verdict
+
+    decide_and_promote(str(version), Verdict(True, [reason]), settings)
 
 
 def rollback(settings: Settings) -> str:
