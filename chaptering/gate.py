@@ -84,9 +84,10 @@ def gate(
     except ValueError as e:
         return Verdict(False, [f"cannot pair the challenger with the {who}: {e}"])
     c_h, r_h = challenger.metric(HEADLINE), ref.metric(HEADLINE)
-    ok = diff["lo"] > 0
+    ok = diff["lo"] > gs.min_lower_bound
     checks = [(ok, f"headline {c_h:.3f} vs {who} {r_h:.3f}: {diff['mean']:+.3f} [{diff['lo']:+.3f}, "
-                   f"{diff['hi']:+.3f}] (paired bootstrap; lower bound {'>' if ok else '<='} 0)")]
+                   f"{diff['hi']:+.3f}] (paired bootstrap; lower bound {'>' if ok else '<='} "
+                   f"{gs.min_lower_bound:g})")]
     checks += _domain_checks(challenger, ref, who, gs)
     c_un, r_un = challenger.metric("unusable"), ref.metric("unusable")
     if c_un is not None and r_un is not None:

@@ -1,5 +1,8 @@
 """The held-out chapter-boundary set: versioned by content hash, and a guard for training data.
 
+Each transcript carries its domain in `meta.domain` (short, talks, lectures, meetings, work): the
+domains are part of the pinned fingerprint, since moving a transcript between domains moves the headline.
+
 `data/eval/MANIFEST.json` pins the set: a changed eval file fails loudly instead of silently moving
 every number. Training data is checked against it by id and by normalised content hash (near
 duplicates are caught by curate.ContaminationGuard, built from the same transcripts).
@@ -19,12 +22,16 @@ def manifest_path(eval_path: Path) -> Path:
 
 
 def build_manifest(transcripts: list[Transcript]) -> dict:
+    from collections import Counter
+
     from chaptering.curate import content_hash
     from chaptering.evaluate import fingerprint
+    from chaptering.metrics import domain_of
 
     return {
         "fingerprint": fingerprint(transcripts),
         "count": len(transcripts),
+        "domains": dict(Counter(domain_of(t) for t in transcripts)),
         "ids": [t.id for t in transcripts],
         "content_hashes": [content_hash(t) for t in transcripts],
     }

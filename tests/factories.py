@@ -4,7 +4,8 @@ import itertools
 import json
 from pathlib import Path
 
-from chaptering.config import PROJECT_ROOT, DataSettings, ModelSettings, Settings, TrainSettings
+from chaptering.config import PROJECT_ROOT, DataSettings, GateSettings, ModelSettings, Settings, TrainSettings
+from chaptering.evaluate import Report, report_from_rows
 from chaptering.io import read_transcripts, write_jsonl
 from chaptering.schema import Chapter, Segment, Transcript
 
@@ -49,7 +50,16 @@ def small_project(tmp_path: Path, tiny_dir: Path) -> Settings:
         data=DataSettings(inputs=[inputs], internal_dir=tmp_path / "internal", eval_path=eval_path),
         train=TrainSettings(max_steps=2, grad_accum=1, max_length=512, save_steps=100, dpo_steps=1,
                             target_modules=["q_proj", "v_proj"], lora_r=4, lora_alpha=8),
+        gate=GateSettings(baselines=["equal", "random"]),  # the sentence encoder is not needed here
     ).prepare()
+
+
+def scored_report(name: str, f1_by_domain: dict[str, list[float]], fp: str = "evalset-fp", pk: float = 0.4,
+                  b: float = 0.3, unusable: float = 0.0) -> Report:
+    """A report from synthetic per-transcript primary F1s (ids `<domain>-<i>`, so two reports pair up)."""
+    rows = [{"id": f"{d}-{i}", "domain": d, "f1": f, "pk": pk, "boundary_similarity": b, "unusable": unusable}
+            for d, values in f1_by_domain.items() for i, f in enumerate(values)]
+    return report_from_rows(name, "heldout.jsonl", fp, rows)
 
 
 def run_once(settings: Settings, fail_at: str | None = None) -> dict:

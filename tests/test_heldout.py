@@ -18,8 +18,27 @@ EVAL = PROJECT_ROOT / "data" / "eval" / "heldout.jsonl"
 def test_committed_eval_set_matches_its_manifest() -> None:
     transcripts = load_heldout(EVAL)
     manifest = json.loads(manifest_path(EVAL).read_text())
-    assert len(transcripts) == manifest["count"] == 40
+    assert len(transcripts) == manifest["count"] == 145
+    assert manifest["domains"] == {"short": 60, "talks": 40, "lectures": 7, "meetings": 35, "work": 3}
     assert [t.id for t in transcripts] == manifest["ids"]
+    assert all(t.has_times for t in transcripts if t.meta["domain"] != "meetings")  # scored on time
+    assert not any(t.has_times for t in transcripts if t.meta["domain"] == "meetings")  # scored on turns
+
+
+def test_training_data_holds_no_heldout_transcript() -> None:
+    train = [t for f in sorted((PROJECT_ROOT / "data" / "train").glob("*.jsonl")) for t in read_transcripts(f)]
+    assert len(train) > 200 and contaminated(train, EVAL) == []
+
+
+def test_moving_a_transcript_to_another_domain_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "heldout.jsonl"
+    shutil.copy(EVAL, path)
+    write_manifest(path)
+    rows = [json.loads(t.model_dump_json()) for t in read_transcripts(path)]
+    rows[0]["meta"]["domain"] = "talks"
+    write_jsonl(path, rows)
+    with pytest.raises(ValueError, match="differs from"):
+        load_heldout(path)
 
 
 def test_edited_eval_set_is_refused(tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ from chaptering.serve import create_app
 def test_feedback_retrain_hot_swap(tmp_path: Path, tiny_dir: Path, monkeypatch) -> None:
     # a permissive gate: this test is about the plumbing, not about a random model getting better
     settings = small_project(tmp_path, tiny_dir).model_copy(
-        update={"gate": GateSettings(min_f1_gain=-1.0, max_pk_regression=1.0, max_unusable_regression=1.0)})
+        update={"gate": GateSettings(min_lower_bound=-1.0, max_domain_f1_drop=1.0, max_pk_regression=1.0,
+                                         max_b_regression=1.0, max_unusable_regression=1.0)})
     settings.serve.poll_seconds = 3600.0  # reload only when the test says so
     first = run_once(settings)
     v1 = first["decision"].version

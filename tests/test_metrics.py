@@ -227,6 +227,7 @@ def _pred(chs: list[tuple[int, str]], **meta) -> Prediction:
 
 
 KEYS = {
+    "f1",
     "f1_k1",
     "precision_k1",
     "recall_k1",
@@ -347,3 +348,66 @@ def test_score_rows_aggregate_end_to_end():
     a = M.aggregate(rows)
     assert set(a) == KEYS - {"start_auc"} and M.PRIMARY in a  # no start scores: no AUC, not a 0
     assert M.LOWER_IS_BETTER <= KEYS
+
+
+# --- yardstick v2: primary figure, headline, paired differences ---------------------------------------
+
+
+def test_primary_f1_is_on_time_when_timed_and_on_turns_when_not():
+    timed, untimed = _transcript(), _transcript(times=False)
+    off_by_one = _pred([(0, "a"), (9, "b"), (16, "c")])  # 1 segment = 10 s off on each boundary
+    s_timed, s_untimed = M.score(timed, off_by_one), M.score(untimed, off_by_one)
+    assert s_timed["f1"] == s_timed["f1_5s"] == 0.0 and s_timed["f1_k5"] == 1.0  # a line is 10 s here
+    assert s_untimed["f1"] == s_untimed["f1_k5"] == 1.0 and s_untimed["f1_5s"] is None
+
+
+def test_headline_is_the_macro_mean_over_domains():
+    rows = [{"id": f"s{i}", "domain": "short", "f1": 0.8} for i in range(90)]
+    rows += [{"id": f"t{i}", "domain": "talks", "f1": 0.2} for i in range(10)]
+    h = M.headline(rows, n_boot=200)
+    assert h["mean"] == pytest.approx(0.5)  # not the pooled 0.74
+    assert h["domains"] == {"short": pytest.approx(0.8), "talks": pytest.approx(0.2)}
+    assert h["lo"] == pytest.approx(0.5) and h["hi"] == pytest.approx(0.5)  # no spread within domains
+    assert M.headline([{"id": "x", "f1": 0.3}])["domains"] == {"all": 0.3}  # no domains: one pool
+
+
+def test_headline_interval_resamples_within_domains():
+    rows = [{"id": f"s{i}", "domain": "short", "f1": float(i % 2)} for i in range(40)]
+    rows += [{"id": "t0", "domain": "talks", "f1": 0.5}]  # one talk: always drawn, never dropped
+    h = M.headline(rows, n_boot=500, seed=1)
+    assert h["lo"] < 0.5 < h["hi"] and h == M.headline(rows, n_boot=500, seed=1)
+    assert 0.25 <= h["lo"] and h["hi"] <= 0.75  # talks contributes exactly 0.5 / 2 in every resample
+
+
+def test_paired_difference_pairs_by_id_and_refuses_unlike_sets():
+    a = [{"id": f"x{i}", "domain": "short", "f1": 0.5 + 0.01 * i} for i in range(30)]
+    b = [{**r, "f1": r["f1"] - 0.1} for r in reversed(a)]  # other order, same ids
+    d = M.paired_headline_diff(a, b, n_boot=300)
+    assert d["mean"] == pytest.approx(0.1) and d["lo"] == pytest.approx(0.1) and d["hi"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="same transcripts"):
+        M.paired_headline_diff(a, b[1:])
+
+
+def _independent_f1(ref: list[float], hyp: list[float], tol: float) -> float:
+    """Boundary F1 by maximum bipartite matching (scipy), written apart from metrics.match."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    if not ref and not hyp:
+        return 1.0
+    if not ref or not hyp:
+        return 0.0
+    ok = np.abs(np.subtract.outer(np.array(ref), np.array(hyp))) <= tol + 1e-9
+    rows, cols = linear_sum_assignment(ok, maximize=True)
+    tp = int(ok[rows, cols].sum())
+    return 2 * tp / (len(ref) + len(hyp))
+
+
+def test_time_f1_agrees_with_an_independent_scorer():
+    rng = random.Random(7)
+    for _ in range(300):
+        ref = sorted(rng.sample(range(0, 600), rng.randint(0, 8)))
+        hyp = sorted(rng.sample(range(0, 600), rng.randint(0, 8)))
+        ref_t, hyp_t = [0.0] + [r + rng.random() for r in ref], [0.0] + [h + rng.random() for h in hyp]
+        got = M.boundary_prf_time(ref_t, hyp_t, 5.0)[2]
+        assert got == pytest.approx(_independent_f1(ref_t[1:], hyp_t[1:], 5.0)), (ref_t, hyp_t)
