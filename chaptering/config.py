@@ -109,7 +109,17 @@ class ServeSettings(BaseModel):
     poll_seconds: float = 30.0
     max_concurrency: int = 2
     generation_timeout_s: float = 120.0
-    token: str | None = None
+    token: str | None = None  # bearer token for POST /v1/feedback; set it through CHAPTERING_SERVE__TOKEN
+    require_token: bool = False  # refuse to start without a token (configs/production.yaml turns it on)
+    max_feedback_bytes: int = 64_000  # one feedback body: a real edit is a few KB
+    # Slow clients: the whole body must arrive within request_read_timeout_s of the request (408 after);
+    # the request line and headers within header_timeout_s of the connection (closed after; needs
+    # `serve.run_server`); idle keep-alive connections are closed after keep_alive_s.
+    request_read_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
+    keep_alive_s: int = 5
+    max_connections: int = 256  # open connections before uvicorn answers 503 (run_server)
+    transcript_retention_days: float | None = 30.0  # stored /v1/chapters transcripts; None keeps them
 
 
 class Settings(BaseSettings):

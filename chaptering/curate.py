@@ -462,6 +462,13 @@ def _screen(raw: Transcript, settings: DataSettings, guard: ContaminationGuard |
     return t, h, sig
 
 
+def _location(raw: Transcript) -> str:
+    """Where a rejected record sits: "line 7, id X" when ingest recorded its place in the file (two
+    records of one file may share an id), else "id X"."""
+    where = raw.meta.get("location")
+    return f"{where}, id {raw.id}" if where else f"id {raw.id}"
+
+
 def curate(
     records: Iterable[Transcript],
     *,
@@ -489,7 +496,7 @@ def curate(
             t, h, sig = _screen(raw, settings, guard, seen)
         except _Reject as r:
             source = str(raw.meta.get("path") or source_name)
-            rejected.append(Rejected(source=source, location=f"id {raw.id}", reason=r.reason))
+            rejected.append(Rejected(source=source, location=_location(raw), reason=r.reason))
             stats.reject(r.stage, r.reason)
             continue
         seen.add(t, h, sig)

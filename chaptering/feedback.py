@@ -3,14 +3,16 @@
 SQLAlchemy 2.0 over any SQL URL: a SQLite file by default (shared by the service and the nightly flow,
 hence WAL), PostgreSQL at scale. Two tables:
 
-- ``predictions``: every prediction served, with the full transcript as served, so a later edit or
-  rating can be turned into a training pair without the app having to send the transcript again;
+- ``predictions``: every prediction served, with the transcript as served (PII scrubbed by curation's
+  rules), so a later edit or rating can be turned into a training pair without the app having to send
+  the transcript again; `purge_transcripts` drops stored transcripts past the retention period;
 - ``feedback_events``: one row per edit or rating. The autoincrement id is the event's sequence number:
-  the nightly ingest keeps the last id it consumed as its watermark.
+  the nightly ingest keeps the last id it consumed as its watermark. An optional client idempotency
+  key is unique, so a retried POST cannot put one user action into training twice.
 
-Rows are read back defensively (`events_after` yields None for a row that no longer validates) because
-other writers and old schema versions can leave rows behind that today's models refuse; the ingest
-quarantines those instead of crashing the nightly run.
+Rows are read back defensively (`events_after` yields None for a row that no longer validates, or
+that cannot even be fetched) because other writers and old schema versions can leave rows behind that
+today's models refuse; the ingest quarantines those instead of crashing the nightly run.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import JSON, DateTime, Integer, String, create_engine, event, func, select
+from sqlalchemy import JSON, DateTime, Integer, String, create_engine, event, func, inspect, select, update
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
@@ -34,6 +37,7 @@ from chaptering.schema import Chapter, FeedbackEvent, Transcript, check_chapters
 
 _ID_LEN = 255  # VARCHAR bound that every backend can index (MySQL included)
 _STREAM_BATCH = 500
+UNREADABLE = "_unreadable"  # key of a raw row that could not be fetched (why), see `events_after`
 
 
 class UnknownPrediction(LookupError):
@@ -42,6 +46,10 @@ class UnknownPrediction(LookupError):
 
 class InvalidFeedback(ValueError):
     """Feedback that contradicts the prediction it names (other transcript, chapters out of range)."""
+
+
+class IdempotencyConflict(ValueError):
+    """An idempotency key sent again with a different event: the client reused a key by mistake."""
 
 
 def _now() -> datetime:
@@ -108,6 +116,7 @@ class FeedbackRow(Base):
     rating: Mapped[str | None] = mapped_column(String(16), nullable=True)
     user_id: Mapped[str] = mapped_column(String(_ID_LEN))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    idempotency_key: Mapped[str | None] = mapped_column(String(_ID_LEN), nullable=True, unique=True, index=True)
 
 
 _EVENT_COLUMNS = (
@@ -135,6 +144,8 @@ def _reason(exc: Exception, limit: int = 3) -> str:
 
 def parse_row(raw: dict[str, Any]) -> tuple[FeedbackEvent | None, str | None]:
     """A stored feedback row -> (event, None), or (None, why it no longer validates)."""
+    if UNREADABLE in raw:
+        return None, f"stored row cannot be read: {raw[UNREADABLE]}"
     for col in ("predicted", "corrected"):
         if isinstance(raw.get(col), InvalidJSON):
             return None, f"{col}: stored value is not valid JSON"
@@ -184,7 +195,20 @@ class FeedbackStore:
             with self._lock:
                 if not self._ready:
                     Base.metadata.create_all(self.engine)
+                    self._add_missing_columns()
                     self._ready = True
+
+    def _add_missing_columns(self) -> None:
+        """Additive migration of stores created before a column existed (create_all adds no columns)."""
+        have = {c["name"] for c in inspect(self.engine).get_columns(FeedbackRow.__tablename__)}
+        if "idempotency_key" in have:
+            return
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(f"ALTER TABLE feedback_events ADD COLUMN idempotency_key VARCHAR({_ID_LEN})")
+            conn.exec_driver_sql(
+                "CREATE UNIQUE INDEX IF NOT EXISTS ix_feedback_events_idempotency_key "
+                "ON feedback_events (idempotency_key)"
+            )
 
     def close(self) -> None:
         """Release pooled connections (tests, and processes that outlive their use of the store)."""
@@ -195,7 +219,10 @@ class FeedbackStore:
     def record_prediction(
         self, transcript: Transcript, chapters: Sequence[Chapter | BaseModel], model_version: str
     ) -> str:
-        """Remember a served prediction (with its transcript); returns the id feedback should cite."""
+        """Remember a served prediction (with its transcript, PII scrubbed by the same rules as
+        curation); returns the id feedback should cite."""
+        from chaptering.curate import scrub_transcript  # numpy and friends: only when serving
+
         self._init()
         _check_len("transcript id", transcript.id)
         _check_len("model version", model_version)
@@ -207,11 +234,23 @@ class FeedbackStore:
                     transcript_id=transcript.id,
                     model_version=model_version,
                     chapters=_dump(chapters),
-                    transcript=transcript.model_dump(mode="json"),
+                    transcript=scrub_transcript(transcript).model_dump(mode="json"),
                     created_at=_now(),
                 )
             )
         return pid
+
+    def purge_transcripts(self, older_than: datetime) -> int:
+        """Forget the stored transcripts of predictions made before `older_than` (the retention period);
+        the prediction rows stay, so late feedback is refused with a reason instead of a guess."""
+        self._init()
+        with self._session.begin() as s:
+            result = s.execute(
+                update(PredictionRow)
+                .where(PredictionRow.created_at < _utc(older_than), PredictionRow.transcript.is_not(None))
+                .values(transcript=None)
+            )
+            return int(result.rowcount or 0)
 
     def get_prediction(self, prediction_id: str) -> dict[str, Any] | None:
         self._init()
@@ -232,68 +271,146 @@ class FeedbackStore:
 
     # ----------------------------------------------------------------------------------------- events
 
-    def add(self, event: FeedbackEvent) -> int:
-        """Store one event; returns its sequence number.
+    def add(self, event: FeedbackEvent, idempotency_key: str | None = None) -> int:
+        """Store one event; returns its sequence number (see `add_once`)."""
+        return self.add_once(event, idempotency_key)[0]
 
-        An event that names a prediction must name one we served (`UnknownPrediction`) for the same
-        transcript, with chapters inside that transcript (`InvalidFeedback`): refusing it here tells the
-        client now, instead of the nightly run quarantining it later. An event without a prediction id
-        (the bare DESIGN contract) is linked to the latest prediction of the same transcript and model
-        version, if any, so that ingest can find its transcript.
+    def add_once(self, event: FeedbackEvent, idempotency_key: str | None = None) -> tuple[int, bool]:
+        """Store one event; (sequence number, whether it was already stored under `idempotency_key`).
+
+        The event must cite a prediction this store served (`UnknownPrediction` otherwise): by its
+        prediction id, or, for the bare DESIGN contract without one, the latest prediction of the same
+        transcript and model version. It must be for that prediction's transcript, with chapters inside
+        it (`InvalidFeedback`). Refusing here tells the client now, instead of the nightly run
+        quarantining it later. A key seen before returns the first event's number without a second
+        row, unless the event differs (`IdempotencyConflict`).
         """
         self._init()
         for name in ("transcript_id", "model_version", "user_id"):
             _check_len(name, getattr(event, name))
+        _check_len("idempotency key", idempotency_key)
+        if idempotency_key is not None:
+            seen = self._replay(idempotency_key, event)
+            if seen is not None:
+                return seen, True
+        pid = self._check_prediction(event)
+        try:
+            with self._session.begin() as s:
+                row = FeedbackRow(
+                    transcript_id=event.transcript_id,
+                    prediction_id=pid,
+                    model_version=event.model_version,
+                    predicted=_dump(event.predicted),
+                    corrected=None if event.corrected is None else _dump(event.corrected),
+                    rating=event.rating,
+                    user_id=event.user_id,
+                    created_at=_utc(event.timestamp),
+                    idempotency_key=idempotency_key,
+                )
+                s.add(row)
+                s.flush()
+                return row.id, False
+        except IntegrityError:
+            # A concurrent retry with the same key won the insert: answer as that one did.
+            seen = self._replay(idempotency_key, event) if idempotency_key is not None else None
+            if seen is None:
+                raise
+            return seen, True
+
+    def _check_prediction(self, event: FeedbackEvent) -> str:
+        """The id of the served prediction `event` is about, after checking the event fits it."""
         pid = event.prediction_id
         if pid is not None:
             pred = self.get_prediction(pid)
             if pred is None:
-                raise UnknownPrediction(f"unknown prediction id {pid!r}")
+                raise UnknownPrediction(f"unknown prediction id {pid!r}: feedback must cite a prediction "
+                                        "this service made")
         else:
             pid = self._latest_prediction_id(event.transcript_id, event.model_version)
             pred = self.get_prediction(pid) if pid else None
-        if pred is not None:
-            if pred["transcript_id"] != event.transcript_id:
-                raise InvalidFeedback(
-                    f"prediction {pid} is for transcript {pred['transcript_id']!r}, not {event.transcript_id!r}"
+            if pred is None or pid is None:
+                raise UnknownPrediction(
+                    f"no prediction of transcript {event.transcript_id!r} by model version "
+                    f"{event.model_version!r} was served: feedback must cite a prediction this service made"
                 )
-            # A prediction stored without a usable transcript is not the client's fault: keep the event
-            # (ingest quarantines it with the reason).
-            transcript, _ = _transcript_of(pred, event)
-            if transcript is not None:
-                try:
-                    check_event_chapters(event, transcript)
-                except ValueError as exc:
-                    raise InvalidFeedback(str(exc)) from None
-        with self._session.begin() as s:
-            row = FeedbackRow(
-                transcript_id=event.transcript_id,
-                prediction_id=pid,
-                model_version=event.model_version,
-                predicted=_dump(event.predicted),
-                corrected=None if event.corrected is None else _dump(event.corrected),
-                rating=event.rating,
-                user_id=event.user_id,
-                created_at=_utc(event.timestamp),
+        if pred["transcript_id"] != event.transcript_id:
+            raise InvalidFeedback(
+                f"prediction {pid} is for transcript {pred['transcript_id']!r}, not {event.transcript_id!r}"
             )
-            s.add(row)
-            s.flush()
+        if pred["transcript"] is None:
+            raise InvalidFeedback(f"prediction {pid} is past the retention period: its transcript is no "
+                                  "longer kept, so the feedback cannot be used")
+        # A prediction stored with an unusable transcript is not the client's fault: keep the event
+        # (ingest quarantines it with the reason).
+        transcript, _ = _transcript_of(pred, event)
+        if transcript is not None:
+            try:
+                check_event_chapters(event, transcript)
+            except ValueError as exc:
+                raise InvalidFeedback(str(exc)) from None
+        return pid
+
+    def _replay(self, key: str, event: FeedbackEvent) -> int | None:
+        """The sequence number stored under `key`, if any; `IdempotencyConflict` if its event differs."""
+        with self._session() as s:
+            row = s.scalars(select(FeedbackRow).where(FeedbackRow.idempotency_key == key)).first()
+            if row is None:
+                return None
+            same = (
+                row.transcript_id == event.transcript_id
+                and row.model_version == event.model_version
+                and (event.prediction_id is None or row.prediction_id == event.prediction_id)
+                and row.predicted == _dump(event.predicted)
+                and row.corrected == (None if event.corrected is None else _dump(event.corrected))
+                and row.rating == event.rating
+                and row.user_id == event.user_id
+            )
+            if not same:
+                raise IdempotencyConflict(f"idempotency key {key!r} was already used for a different event")
             return row.id
 
     def events_after(
         self, watermark: int, limit: int | None = None
     ) -> Iterator[tuple[int, FeedbackEvent | None, dict[str, Any]]]:
         """(row id, event or None if the row no longer validates, raw row) for ids > watermark, in id
-        order, streamed in batches so a backlog of any size fits in memory."""
+        order, in batches so a backlog of any size fits in memory. A row the database cannot even hand
+        back (say, a timestamp another writer stored as junk) comes as ``{"id", UNREADABLE: why}``
+        instead of ending the read: one bad row must not hide every row after it."""
         self._init()
-        stmt = select(FeedbackRow.__table__).where(FeedbackRow.id > watermark).order_by(FeedbackRow.id)
-        if limit is not None:
-            stmt = stmt.limit(limit)
-        with self.engine.connect() as conn:
-            for row in conn.execute(stmt.execution_options(yield_per=_STREAM_BATCH)).mappings():
-                raw = dict(row)
+        last, left = watermark, limit
+        while left is None or left > 0:
+            n = _STREAM_BATCH if left is None else min(_STREAM_BATCH, left)
+            with self.engine.connect() as conn:
+                ids = list(conn.execute(
+                    select(FeedbackRow.id).where(FeedbackRow.id > last).order_by(FeedbackRow.id).limit(n)
+                ).scalars())
+            if not ids:
+                return
+            for raw in self._fetch(ids):
                 event, _ = parse_row(raw)
                 yield raw["id"], event, raw
+            last = ids[-1]
+            left = None if left is None else left - len(ids)
+
+    def _fetch(self, ids: list[int]) -> list[dict[str, Any]]:
+        """Raw rows for `ids` in one query; row by row when the batch fails, naming the bad ones."""
+        table = FeedbackRow.__table__
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(select(table).where(table.c.id.in_(ids)).order_by(table.c.id)).mappings()
+                return [dict(r) for r in rows]
+        except (SQLAlchemyError, ValueError, TypeError, OverflowError):
+            pass
+        out = []
+        for row_id in ids:
+            try:
+                with self.engine.connect() as conn:
+                    row = conn.execute(select(table).where(table.c.id == row_id)).mappings().first()
+                if row is not None:
+                    out.append(dict(row))
+            except (SQLAlchemyError, ValueError, TypeError, OverflowError) as exc:
+                out.append({"id": row_id, UNREADABLE: f"{type(exc).__name__}: {exc}"[:300]})
+        return out
 
     def resolve(self, event: FeedbackEvent) -> tuple[Transcript | None, str | None]:
         """(the transcript the event is about, None), or (None, why it cannot be found)."""

@@ -15,22 +15,23 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chaptering.feedback import FeedbackStore, check_event_chapters, parse_row
-from chaptering.io import Rejected, iter_transcripts
+from chaptering.io import InputError, Rejected, check_file_name, iter_located_transcripts
 from chaptering.schema import FeedbackEvent, Transcript
 
 if TYPE_CHECKING:
     from chaptering.config import Settings
 
-SUFFIXES = (".jsonl", ".vtt", ".srt")
+SUFFIXES = (".jsonl", ".json", ".vtt", ".srt")
 FEEDBACK_KEY = "feedback"
 FEEDBACK_SOURCE = "feedback_events"  # the `source` of a quarantined feedback row
+SKIPPED = "skipped"  # the reason kind of every file a folder walk does not read
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -124,6 +125,7 @@ class IngestReport:
     files_seen: int = 0
     files_new: int = 0  # new or changed since the committed watermark
     files_skipped_unchanged: int = 0
+    files_skipped: int = 0  # in a folder but not read (type, hidden, symlink out, bad name): quarantined
     transcripts: int = 0
     feedback_events: int = 0
     rejected: dict[str, int] = field(default_factory=dict)  # reason prefix -> count
@@ -140,23 +142,88 @@ class IngestReport:
 # ------------------------------------------------------------------------------------------------ files
 
 
-def _is_hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+def _skip(rejected: list[Rejected], path: Path | str, why: str) -> None:
+    rejected.append(Rejected(source=str(path), location="file", reason=f"{SKIPPED}: {why}"))
 
 
-def _files(paths: Iterable[Path]) -> list[Path]:
-    """Files to read, in a deterministic order: folders are walked recursively (hidden entries, such as
-    half-written temp files, skipped); files named explicitly are read whatever their type (the reader
-    quarantines an unsupported one). Missing paths are a configuration error and raise."""
+def _inside(path: Path, root: Path) -> bool:
+    """Whether `path` (resolved) lies in `root` (resolved)."""
+    return path == root or root in path.parents
+
+
+def _walk(root: Path, rejected: list[Rejected], follow_symlinks: bool) -> list[Path]:
+    """Readable transcript files under `root`, sorted; every other entry is quarantined with why.
+
+    Hidden entries (half-written temp files, .git) and other file types are reported, not read; a
+    symlink is followed only when it stays inside `root` (or `follow_symlinks`), so a link cannot make
+    the nightly read a system file; FIFOs and devices, which would block a read, are refused.
+    """
+    top = root.resolve()
+    found: list[Path] = []
+    seen_dirs: set[Path] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        real = folder.resolve()
+        if real in seen_dirs:
+            continue  # a symlink loop, or two links to one folder: walked once
+        seen_dirs.add(real)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            _skip(rejected, folder, f"folder not readable ({exc.strerror or exc})")
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            why = _skip_reason(entry, path, top, follow_symlinks)
+            if why is not None:
+                _skip(rejected, path, why)
+            elif entry.is_dir():
+                stack.append(path)
+            else:
+                found.append(path)
+    return sorted(found)
+
+
+def _skip_reason(entry: os.DirEntry, path: Path, top: Path, follow_symlinks: bool) -> str | None:
+    """Why a folder entry is not read (None: read it, or walk into it)."""
+    try:
+        check_file_name(entry.name)
+    except InputError as err:
+        return err.reason
+    if entry.name.startswith("."):
+        return "hidden entry (a name starting with '.' is a temporary or private file), not read"
+    if entry.is_symlink():
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return "broken symlink"
+        if not follow_symlinks and not _inside(target, top):
+            return "symlink to a path outside the input folder, not followed"
+    try:
+        if entry.is_dir():
+            return None
+        if not entry.is_file():
+            return "not a regular file (FIFO, socket or device)"
+    except OSError as exc:
+        return f"not readable ({exc.strerror or exc})"
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        kind = "compressed file (decompress it first)" if suffix in (".gz", ".bz2", ".xz", ".zip", ".zst") \
+            else f"unsupported file type {suffix or '(none)'!r}"
+        return f"{kind}; folder ingest reads {', '.join(SUFFIXES)}"
+    return None
+
+
+def _files(paths: Iterable[Path], rejected: list[Rejected], follow_symlinks: bool = False) -> list[Path]:
+    """Files to read, in a deterministic order: folders are walked recursively (`_walk` quarantines
+    what it does not read); files named explicitly are read whatever their type (the reader quarantines
+    an unsupported one). Missing paths are a configuration error and raise."""
     out: list[Path] = []
     seen: set[Path] = set()
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(
-                f
-                for f in p.rglob("*")
-                if f.suffix.lower() in SUFFIXES and f.is_file() and not _is_hidden(f, p)
-            )
+            found = _walk(p, rejected, follow_symlinks)
         elif p.is_file():
             found = [p]
         else:
@@ -186,16 +253,21 @@ def ingest_files(
     rejected: list[Rejected],
     source: str,
     report: IngestReport | None = None,
+    follow_symlinks: bool = False,
 ) -> Iterator[Transcript]:
     """Transcripts from new or changed files under `paths`, tagged with where they came from.
 
     `source` is "external" (public/outside data) or "internal" (the app-export drop folder): it is the
     watermark key, the default `Transcript.source` and ``meta["ingest_source"]``. A file is marked as
-    read only once all its records have been consumed. Paths are checked now (FileNotFoundError);
-    the files are read lazily.
+    read only once all its records have been consumed. Paths are checked now (FileNotFoundError) and
+    folder entries that will not be read are quarantined now; the files are read lazily.
     """
-    files = _files(paths)
-    return _read_files(files, marks, rejected, source, report if report is not None else IngestReport())
+    report = report if report is not None else IngestReport()
+    before = len(rejected)
+    files = _files(paths, rejected, follow_symlinks)
+    report.files_skipped += len(rejected) - before
+    report.count_rejected(rejected[before:])
+    return _read_files(files, marks, rejected, source, report)
 
 
 def _read_files(
@@ -208,16 +280,19 @@ def _read_files(
         key = str(file.resolve())
         before = len(rejected)
         try:
+            check_file_name(key)  # a named file (not walked) with undecodable bytes in its path
             digest, size = file_digest(file)
             if committed.get(key, {}).get("sha256") == digest:
                 report.files_skipped_unchanged += 1
                 continue
             report.files_new += 1
-            for t in iter_transcripts(file, rejected, source=source):
-                t.meta["path"] = str(file)
-                t.meta["ingest_source"] = source
+            for location, t in iter_located_transcripts(file, rejected, source=source):
+                t.meta.update({"path": str(file), "location": location, "ingest_source": source})
                 report.transcripts += 1
                 yield t
+        except InputError as err:
+            rejected.append(Rejected(source=err.path, location=err.location, reason=err.reason))
+            continue
         except OSError as exc:  # vanished or unreadable: not marked, so retried next run
             rejected.append(
                 Rejected(source=str(file), location="file", reason=f"unreadable: {exc.strerror or exc}")
@@ -242,28 +317,20 @@ def ingest_feedback(
 ) -> Iterator[tuple[FeedbackEvent, Transcript]]:
     """(event, transcript it is about) for each feedback event after the watermark.
 
-    A row that no longer validates, whose transcript cannot be found, or whose chapters do not fit that
-    transcript is quarantined as ``Rejected("feedback_events", "row N", reason)``; the watermark moves
-    past it either way (the reason is on record; re-reading it would only repeat the rejection).
+    A row that no longer validates (invalid text included), whose transcript cannot be found, or whose
+    chapters do not fit that transcript is quarantined as ``Rejected("feedback_events", "row N", reason)``;
+    the watermark moves past it either way (the reason is on record; re-reading it would only repeat
+    the rejection, and a row that fails every night would stop every night).
     """
     report = report if report is not None else IngestReport()
     last = int(marks.get(FEEDBACK_KEY).get("last_id", 0))
     pending = marks.pending(FEEDBACK_KEY)
     pending.setdefault("last_id", last)
     for row_id, event, raw in store.events_after(last):
-        problem: str | None = None
-        transcript: Transcript | None = None
-        if event is None:
-            problem = f"invalid row: {parse_row(raw)[1]}"
-        else:
-            transcript, why = store.resolve(event)
-            if transcript is None:
-                problem = f"unknown transcript: {why}"
-            else:
-                try:
-                    check_event_chapters(event, transcript)
-                except ValueError as exc:
-                    problem = f"chapters out of range: {exc}"
+        try:
+            transcript, problem = _feedback_transcript(store, event, raw)
+        except Exception as exc:  # noqa: BLE001 - any row-level failure is this row's, not the night's
+            transcript, problem = None, f"unprocessable row: {type(exc).__name__}: {exc}"[:500]
         if problem is not None:
             bad = Rejected(source=FEEDBACK_SOURCE, location=f"row {row_id}", reason=problem)
             rejected.append(bad)
@@ -274,6 +341,50 @@ def ingest_feedback(
             report.feedback_events += 1
             yield event, transcript
         pending["last_id"] = max(int(pending["last_id"]), row_id)
+
+
+def _feedback_transcript(
+    store: FeedbackStore, event: FeedbackEvent | None, raw: dict[str, Any]
+) -> tuple[Transcript | None, str | None]:
+    """(the transcript a stored event is about, None), or (None, why the row cannot be used)."""
+    if event is None:
+        return None, f"invalid row: {parse_row(raw)[1]}"
+    transcript, why = store.resolve(event)
+    if transcript is None:
+        return None, f"unknown transcript: {why}"
+    try:
+        check_event_chapters(event, transcript)
+    except ValueError as exc:
+        return None, f"chapters out of range: {exc}"
+    return transcript, None
+
+
+def feedback_records(
+    pairs: Iterable[tuple[FeedbackEvent, Transcript]], rejected: list[Rejected]
+) -> Iterator[dict[str, Any]]:
+    """The run's feedback.jsonl records; a pair that cannot be written as JSON is quarantined (its
+    watermark has moved already) instead of failing the write of every other one."""
+    for event, transcript in pairs:
+        try:
+            record = {"event": json.loads(event.model_dump_json()),
+                      "transcript": json.loads(transcript.model_dump_json())}
+        except ValueError as exc:  # PydanticSerializationError (e.g. invalid text set after validation)
+            row = transcript.meta.get("feedback_row", "?")
+            rejected.append(Rejected(FEEDBACK_SOURCE, f"row {row}", f"unwritable row: {exc}"[:500]))
+            continue
+        yield record
+
+
+def quarantine_unwritable(rejected: list[Rejected], default_source: str) -> Callable[[Any, Exception], None]:
+    """`io.write_jsonl`'s on_error for transcripts: the record is quarantined where it came from."""
+
+    def on_error(record: Any, exc: Exception) -> None:
+        meta = getattr(record, "meta", None) or {}
+        rejected.append(Rejected(source=str(meta.get("path") or default_source),
+                                 location=str(meta.get("location") or f"id {getattr(record, 'id', '?')}"),
+                                 reason=f"unwritable record: {exc}"[:500]))
+
+    return on_error
 
 
 # ------------------------------------------------------------------------------------------- everything

@@ -19,7 +19,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -30,7 +30,7 @@ import webvtt
 from pydantic import BaseModel, ValidationError
 from webvtt.errors import MalformedCaptionError, MalformedFileError
 
-from chaptering.schema import PredictedChapter, Segment, Transcript
+from chaptering.schema import PredictedChapter, Segment, Transcript, printable, text_problem
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -48,9 +48,9 @@ class InputError(ValueError):
     """A bad outside record, located precisely so a person can find and fix it."""
 
     def __init__(self, path: str | Path, location: str, reason: str) -> None:
-        self.path = str(path)
-        self.location = location
-        self.reason = reason
+        self.path = printable(str(path))  # a file name with undecodable bytes must still print
+        self.location = printable(location)
+        self.reason = printable(reason)
         super().__init__(f"{self.path}:{location}: {reason}")
 
     def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes (Prefect task results)
@@ -66,7 +66,8 @@ class Rejected:
     reason: str
 
     def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+        """The quarantine line; always writable as UTF-8, whatever the bad input smuggled in."""
+        return {k: printable(v) for k, v in asdict(self).items()}
 
 
 def _reject(err: InputError, rejected: list[Rejected] | None) -> None:
@@ -138,8 +139,19 @@ def _iter_json_lines(
     rejected: list[Rejected] | None,
     defaults: dict[str, Any] | None = None,
 ) -> Iterator[M]:
-    """Stream JSONL from raw byte lines: decoding per line keeps the good lines of a file with one
-    bad byte, and byte lines let the UTF-8 error give a file offset."""
+    """`_located_json_lines` without the locations."""
+    return (record for _, record in _located_json_lines(lines, model, name, rejected, defaults))
+
+
+def _located_json_lines(
+    lines: Iterable[bytes],
+    model: type[M],
+    name: str,
+    rejected: list[Rejected] | None,
+    defaults: dict[str, Any] | None = None,
+) -> Iterator[tuple[str, M]]:
+    """Stream ("line N", record) from raw JSONL byte lines: decoding per line keeps the good lines of a
+    file with one bad byte, and byte lines let the UTF-8 error give a file offset."""
     offset = 0
     for lineno, raw in enumerate(lines, 1):
         start, offset = offset, offset + len(raw)
@@ -154,9 +166,11 @@ def _iter_json_lines(
         if not text.strip():
             continue  # blank lines are formatting, not records
         try:
-            yield _parse_record(text, model, name, location, defaults)
+            record = _parse_record(text, model, name, location, defaults)
         except InputError as err:
             _reject(err, rejected)
+            continue
+        yield location, record
 
 
 def iter_jsonl(path: Path | str, model: type[M], rejected: list[Rejected] | None = None) -> Iterator[M]:
@@ -167,14 +181,27 @@ def iter_jsonl(path: Path | str, model: type[M], rejected: list[Rejected] | None
 def _iter_jsonl_file(
     path: Path | str, model: type[M], rejected: list[Rejected] | None, defaults: dict[str, Any] | None
 ) -> Iterator[M]:
+    return (record for _, record in _located_jsonl_file(path, model, rejected, defaults))
+
+
+def _located_jsonl_file(
+    path: Path | str, model: type[M], rejected: list[Rejected] | None, defaults: dict[str, Any] | None
+) -> Iterator[tuple[str, M]]:
     with open(path, "rb") as f:
-        yield from _iter_json_lines(f, model, str(path), rejected, defaults)
+        yield from _located_json_lines(f, model, str(path), rejected, defaults)
 
 
 def _json_transcripts(
     data: bytes, name: str, rejected: list[Rejected] | None, defaults: dict[str, Any] | None
 ) -> Iterator[Transcript]:
-    """A .json file: one transcript object, or an array of them ("item N", 1-based)."""
+    """`_located_json_transcripts` without the locations."""
+    return (t for _, t in _located_json_transcripts(data, name, rejected, defaults))
+
+
+def _located_json_transcripts(
+    data: bytes, name: str, rejected: list[Rejected] | None, defaults: dict[str, Any] | None
+) -> Iterator[tuple[str, Transcript]]:
+    """A .json file: one transcript object ("file"), or an array of them ("item N", 1-based)."""
     try:
         text = _decode(data, name)
         obj = json.loads(text, parse_constant=_reject_constant)
@@ -191,12 +218,13 @@ def _json_transcripts(
         return
     items = obj if isinstance(obj, list) else [obj]
     for i, item in enumerate(items, 1):
+        location = f"item {i}" if isinstance(obj, list) else "file"
         try:
-            yield _validate(
-                item, Transcript, name, f"item {i}" if isinstance(obj, list) else "file", defaults
-            )
+            transcript = _validate(item, Transcript, name, location, defaults)
         except InputError as err:
             _reject(err, rejected)
+            continue
+        yield location, transcript
 
 
 # ---------------------------------------------------------------------------------------------- captions
@@ -348,13 +376,21 @@ def iter_transcripts(
     A caption file is one transcript: id = file stem, source = `source` or "external". For JSON(L),
     `source` is only a default for records that carry none.
     """
+    return (t for _, t in iter_located_transcripts(path, rejected, source))
+
+
+def iter_located_transcripts(
+    path: Path | str, rejected: list[Rejected] | None = None, source: str | None = None
+) -> Iterator[tuple[str, Transcript]]:
+    """`iter_transcripts` with where each record sits in its file ("line N", "item N" or "file"), so a
+    later rejection can point at one of two records that share an id."""
     p = Path(path)
     name, ext = str(p), p.suffix.lower()
     defaults = {"source": source} if source else None
     if ext == ".jsonl":
-        yield from _iter_jsonl_file(p, Transcript, rejected, defaults)
+        yield from _located_jsonl_file(p, Transcript, rejected, defaults)
     elif ext == ".json":
-        yield from _json_transcripts(p.read_bytes(), name, rejected, defaults)
+        yield from _located_json_transcripts(p.read_bytes(), name, rejected, defaults)
     elif ext in (".vtt", ".srt"):
         # A caption file is ONE transcript: in collect mode a bad cue (empty, overlapping, unordered,
         # malformed) rejects the whole file, with the first problem's location and reason, since a
@@ -364,7 +400,7 @@ def iter_transcripts(
         except InputError as err:
             _reject(err, rejected)
             return
-        yield transcript
+        yield "file", transcript
     else:
         _reject(
             InputError(
@@ -383,8 +419,17 @@ def read_transcripts(
     return list(iter_transcripts(path, rejected, source))
 
 
+def check_file_name(name: str) -> None:
+    """The schema's text rule for a file name (InputError otherwise): a name with bytes that are not
+    UTF-8 would become a transcript id or a quarantine source that no JSON writer can encode."""
+    problem = text_problem(name)
+    if problem is not None:
+        raise InputError(name, "file", f"file name {problem}; rename the file")
+
+
 def transcript_from_upload(name: str, data: bytes) -> Transcript:
     """A web upload (.vtt/.srt/.json/.jsonl bytes) -> one transcript, strictly; JSONL gives its first."""
+    check_file_name(name)
     ext = Path(name).suffix.lower()
     if ext in (".vtt", ".srt"):
         return _caption_transcript(data, ext, name, Path(name).stem, "external")
@@ -421,21 +466,42 @@ def _atomic_write(path: Path | str, chunks: Iterable[str]) -> None:
         raise
 
 
-def write_jsonl(path: Path | str, records: Iterable[BaseModel | dict[str, Any]]) -> int:
-    """Write records one per line (atomically); returns how many were written."""
+def write_jsonl(
+    path: Path | str,
+    records: Iterable[BaseModel | dict[str, Any]],
+    on_error: Callable[[Any, Exception], None] | None = None,
+) -> int:
+    """Write records one per line (atomically); returns how many were written.
+
+    Without `on_error` a record that cannot be written as UTF-8 JSON (say, a lone surrogate set on a
+    model after validation) raises; with it, that record goes to `on_error(record, exc)` and the rest
+    are written.
+    """
     count = 0
 
     def lines() -> Iterator[str]:
         nonlocal count
         for rec in records:
-            if isinstance(rec, BaseModel):
-                yield rec.model_dump_json() + "\n"
-            else:
-                yield json.dumps(rec, ensure_ascii=False, default=str) + "\n"
+            try:
+                line = _json_line(rec)
+                if on_error is not None:
+                    line.encode("utf-8")  # json.dumps(ensure_ascii=False) passes surrogates through
+            except ValueError as exc:  # PydanticSerializationError and UnicodeEncodeError are ValueErrors
+                if on_error is None:
+                    raise
+                on_error(rec, exc)
+                continue
+            yield line
             count += 1
 
     _atomic_write(path, lines())
     return count
+
+
+def _json_line(rec: BaseModel | dict[str, Any]) -> str:
+    if isinstance(rec, BaseModel):
+        return rec.model_dump_json() + "\n"
+    return json.dumps(rec, ensure_ascii=False, default=str) + "\n"
 
 
 def _ts(ms: int, sep: str = ".") -> str:

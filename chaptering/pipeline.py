@@ -65,9 +65,13 @@ class Decision:
 
 
 def new_run_dir(settings: Settings) -> Path:
+    """A fresh folder for one run, claimed by this process (cleanup.recover marks it if we die)."""
+    from chaptering.cleanup import claim
+
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     path = settings.state_dir / "runs" / stamp
     path.mkdir(parents=True, exist_ok=True)
+    claim(path)
     return path
 
 
@@ -78,7 +82,8 @@ def _corpus(settings: Settings) -> Path:
 
 
 def write_quarantine(rejected: list[Rejected], path: Path) -> dict[str, int]:
-    """Append rejected records (one JSON line each); count them by the kind of reason."""
+    """Append rejected records (one JSON line each; `Rejected.to_dict` makes any text writable); count
+    them by the kind of reason."""
     path.parent.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     with path.open("a", encoding="utf-8") as f:
@@ -93,9 +98,19 @@ def write_quarantine(rejected: list[Rejected], path: Path) -> dict[str, int]:
 
 
 def ingest_stage(settings: Settings, run_dir: Path, inputs: list[Path] | None = None, full: bool = False) -> dict[str, int]:
-    """New external/internal files and feedback events since the last committed watermarks."""
+    """New external/internal files and feedback events since the last committed watermarks.
+
+    No record can stop it: what cannot be read, validated or written goes to quarantine.jsonl with its
+    reason, and the pending watermarks move past it (a row that failed tonight would fail every night).
+    """
     from chaptering.feedback import FeedbackStore
-    from chaptering.ingest import Watermarks, ingest_feedback, ingest_files
+    from chaptering.ingest import (
+        Watermarks,
+        feedback_records,
+        ingest_feedback,
+        ingest_files,
+        quarantine_unwritable,
+    )
     from chaptering.io import write_jsonl
 
     marks = Watermarks(settings.state_dir / "watermarks.json")
@@ -106,11 +121,13 @@ def ingest_stage(settings: Settings, run_dir: Path, inputs: list[Path] | None = 
         ingest_files(list(inputs or settings.data.inputs), marks, rejected, "external"),
         ingest_files([settings.data.internal_dir], marks, rejected, "internal")
         if settings.data.internal_dir.exists() else iter(()),
-    ))
-    events = write_jsonl(run_dir / "feedback.jsonl", (
-        {"event": json.loads(e.model_dump_json()), "transcript": json.loads(t.model_dump_json())}
-        for e, t in ingest_feedback(FeedbackStore(settings.feedback_db), marks, rejected)
-    ))
+    ), on_error=quarantine_unwritable(rejected, "ingest"))
+    store = FeedbackStore(settings.feedback_db)
+    try:
+        events = write_jsonl(run_dir / "feedback.jsonl",
+                             feedback_records(ingest_feedback(store, marks, rejected), rejected))
+    finally:
+        store.close()
     marks.save_pending(run_dir / "watermarks.pending.json")
     q = write_quarantine(rejected, run_dir / "quarantine.jsonl")
     return {"transcripts": ext, "feedback_events": events, "quarantined": sum(q.values())}

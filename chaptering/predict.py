@@ -2,6 +2,9 @@
 
 A window holds as many numbered lines as fit; the next window starts at the last chapter found (its
 end was not seen yet), so every segment of a long meeting is covered and no chapter is cut blindly.
+A line longer than a quarter of the window's budget is clipped for the model first (`fit_lines`): a
+window always admits one line, so one huge segment would otherwise make one prompt far past the
+context, and a forward pass that no deadline can interrupt.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class LLMChapterer:
         self.line_budget = self.context_tokens - overhead - max_new_tokens
         if self.line_budget < 32:
             raise ValueError(f"context of {self.context_tokens} tokens leaves no room for transcript lines")
+        self.max_line_tokens = max(16, self.line_budget // 4)
 
     def _messages_for(self, lines: list[str]) -> list[dict[str, str]]:
         if self.style == "seed":
@@ -87,6 +91,38 @@ class LLMChapterer:
         new = out[0, enc["input_ids"].shape[1] :]
         return self.tok.decode(new, skip_special_tokens=True), int(new.shape[0])
 
+    def _line_counts(self, t: Transcript) -> list[int]:
+        """Tokens each segment adds to a window, as this chapterer's prompt renders it."""
+        if self.style == "seed":  # raw text, one line each
+            ids = self.tok([s.text for s in t.segments], add_special_tokens=False)["input_ids"]
+            return [len(x) + 1 for x in ids]
+        return prompt.line_token_counts(self.tok, t)
+
+    def fit_lines(self, t: Transcript) -> tuple[Transcript, list[int]]:
+        """`t` with every line at most `max_line_tokens` (over-long segment text clipped, marked with
+        " …"; indices and times unchanged, so chapters map back as they are), and its line counts."""
+        counts = self._line_counts(t)
+        over = [i for i, n in enumerate(counts) if n > self.max_line_tokens]
+        if not over:
+            return t, counts
+        segments = list(t.segments)
+        for i in over:
+            segments[i] = segments[i].model_copy(update={"text": self._clip(t, i)})
+        clipped = t.model_copy(update={"segments": segments})
+        return clipped, self._line_counts(clipped)
+
+    def _clip(self, t: Transcript, i: int) -> str:
+        """Segment i's text cut to the first tokens that keep its rendered line within the cap."""
+        ids = self.tok(t.segments[i].text, add_special_tokens=False)["input_ids"]
+        keep = self.max_line_tokens - 2 * prompt.ANSWER_LINE_TOKENS - 8  # time, number, answer tag
+        while keep > 0:
+            text = self.tok.decode(ids[:keep]).strip() + " …"
+            probe = t.model_copy(update={"segments": [t.segments[i].model_copy(update={"text": text})]})
+            if self._line_counts(probe)[0] <= self.max_line_tokens:
+                return text
+            keep //= 2
+        return "…"
+
     def _window(self, t: Transcript, start: int, end: int) -> tuple[prompt.ParseResult, int]:
         if self.style == "seed":
             text, n = self.generate(prompt.seed_messages(t, start, end))
@@ -98,7 +134,7 @@ class LLMChapterer:
         if self.decoding == "ranked" and self.style == "lines":
             return self._predict_ranked(t)
         t0 = time.perf_counter()
-        counts = prompt.line_token_counts(self.tok, t)
+        t, counts = self.fit_lines(t)
         chapters: list[tuple[int, str]] = []
         healths: list[str] = []
         repairs: list[str] = []
@@ -144,7 +180,7 @@ class LLMChapterer:
         from chaptering.baselines import expected_chapters, top_starts
 
         t0 = time.perf_counter()
-        counts = prompt.line_token_counts(self.tok, t)
+        t, counts = self.fit_lines(t)
         windows: list[tuple[int, int]] = []
         start = 0
         while True:

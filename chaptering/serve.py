@@ -5,8 +5,15 @@ and polls the registry off the request path: a new champion is loaded beside the
 in with one reference assignment, so requests already running finish on the model they started with.
 
 Limits are enforced before any model work: body size (413), transcript length (413), field sanity
-(422); generation runs in a bounded worker pool (requests queue instead of piling onto the CPU) under a
-deadline checked between decoding steps, so a slow request ends with 503/504 rather than hanging.
+(422, strict types, the schema's one text rule); the body must arrive within a read timeout (408);
+generation runs in a bounded worker pool (requests queue instead of piling onto the CPU) under a
+deadline checked inside the decoding loops, over prompts the chapterer keeps inside the model's context,
+so a slow request ends with 503/504 rather than hanging. `run_server` adds what only the HTTP layer can
+do: a deadline for request headers, a keep-alive timeout and a connection cap.
+
+Feedback is authenticated before its body is even parsed, must cite a prediction the service made, and
+honours an idempotency key. Answers name models without local paths and errors without exception text
+(the server log has both).
 """
 
 from __future__ import annotations
@@ -20,10 +27,11 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -33,7 +41,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chaptering.schema import FeedbackEvent, PredictedChapter, Prediction, Transcript
+from chaptering.schema import FeedbackEvent, PredictedChapter, Prediction, TextModel, Transcript, text_problem
 
 if TYPE_CHECKING:  # pragma: no cover
     from chaptering.config import Settings
@@ -53,7 +61,7 @@ Loader = Callable[[str, "Settings"], Any]
 # --------------------------------------------------------------------------------------- wire models
 
 
-class SegmentIn(BaseModel):
+class SegmentIn(TextModel):
     """A segment as clients may send it: finite, bounded times and text."""
 
     model_config = ConfigDict(extra="ignore")
@@ -64,7 +72,7 @@ class SegmentIn(BaseModel):
     end: float | None = Field(default=None, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
 
 
-class TranscriptIn(BaseModel):
+class TranscriptIn(TextModel):
     """Request body of POST /v1/chapters (DESIGN.md transcript; `chapters`, if sent, are ignored)."""
 
     model_config = ConfigDict(extra="ignore")
@@ -93,10 +101,22 @@ class ChaptersOut(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
+class FeedbackIn(FeedbackEvent):
+    """Request body of POST /v1/feedback: the DESIGN feedback event, plus an optional idempotency key
+    (or send it as the `Idempotency-Key` header)."""
+
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
+
+    def event(self) -> FeedbackEvent:
+        return FeedbackEvent.model_validate(self.model_dump(exclude={"idempotency_key"}))
+
+
 class FeedbackOut(BaseModel):
     id: int = Field(description="Sequence number of the stored event")
     prediction_id: str | None
     kind: str
+    replayed: bool = Field(default=False, description="True when the idempotency key was seen before: "
+                                                      "this is the first request's event, stored once")
 
 
 class ModelOut(BaseModel):
@@ -125,6 +145,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": why}
     for code, why in (
         (401, "missing or wrong bearer token"),
+        (408, "the request body did not arrive in time"),
+        (409, "idempotency key reused for a different event"),
         (413, "request body or transcript too large"),
         (415, "unsupported content type"),
         (422, "invalid transcript or feedback"),
@@ -159,6 +181,68 @@ def _summary(errors: list[dict[str, Any]], limit: int = 3) -> str:
 def _invalid(exc: ValidationError) -> HTTPException:
     errors = _error_list(exc)
     return HTTPException(422, detail={"detail": _summary(errors), "errors": errors})
+
+
+W = TypeVar("W", bound=BaseModel)
+
+
+def parse_body(model: type[W], raw: bytes) -> W:
+    """A JSON body -> `model`, strictly (`true` is not 1.0, "3" is not 3), the same way on every
+    endpoint: malformed JSON, bad UTF-8 and invalid fields are all 422 with the field and the problem."""
+    try:
+        return model.model_validate_json(raw, strict=True)
+    except ValidationError as exc:
+        bad_text = _bad_text(raw) if any(e["type"] == "json_invalid" for e in exc.errors()) else None
+        if bad_text is not None:  # the schema's text rule in the schema's words, not the parser's
+            raise HTTPException(422, detail={"detail": bad_text, "errors": [
+                {"loc": bad_text.split(": ", 1)[0].split("."), "msg": bad_text, "type": "value_error"}]}) from None
+        raise _invalid(exc) from None
+
+
+def _bad_text(raw: bytes) -> str | None:
+    """"loc: problem" when `raw` is JSON that only the text rule refuses (pydantic's parser rejects a
+    lone surrogate escape as malformed JSON; Python's accepts it), else None."""
+    import json
+
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+    def walk(value: Any, loc: str) -> str | None:
+        if isinstance(value, str):
+            problem = text_problem(value)
+            return f"{loc or 'body'}: text {problem}" if problem else None
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            found = walk(key, loc) if isinstance(key, str) else None
+            found = found or walk(item, f"{loc}.{key}" if loc else str(key))
+            if found:
+                return found
+        return None
+
+    return walk(obj, "")
+
+
+def _json_content_type(request: Request) -> None:
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise HTTPException(415, detail=f"unsupported content type {ctype!r}: send application/json")
+
+
+def public_name(name: str) -> str:
+    """A model label without local paths: `base:/srv/models/x` -> `base:x`, `/tmp/run/adapter` ->
+    `local:adapter`; registry URIs, hub ids and baseline names pass unchanged."""
+    if name.startswith("models:/"):
+        return name
+    prefix, sep, rest = name.partition(":")
+    if not sep:
+        prefix, rest = "local", name
+    path = Path(rest)
+    local = path.is_absolute() or rest.startswith((".", "~")) or ("/" in rest and path.exists())
+    if not local:
+        return name
+    return f"{prefix}:{path.name or 'model'}"
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -202,6 +286,12 @@ class ModelHolder:
     def live(self) -> LiveModel | None:
         return self._live
 
+    def _failed(self, exc: Exception, what: str) -> str:
+        """Log the whole error; keep only its type for /v1/model (exception text can name local paths)."""
+        log.warning("%s: %s: %s", what, type(exc).__name__, exc)
+        self.last_error = f"{what}: {type(exc).__name__} (details in the server log)"
+        return self.last_error
+
     def current(self) -> LiveModel:
         """The live model, loading it first if nothing is loaded yet (an app run without lifespan)."""
         live = self._live
@@ -209,8 +299,7 @@ class ModelHolder:
             try:
                 self.reload_now()
             except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                raise ModelUnavailable(self.last_error) from exc
+                raise ModelUnavailable(self._failed(exc, "model load failed")) from exc
             live = self._live
         if live is None:  # pragma: no cover - reload_now always loads when nothing is live
             raise ModelUnavailable(self.last_error or "no model loaded")
@@ -269,6 +358,8 @@ class ModelHolder:
                     metrics = {k: float(v["mean"]) for k, v in report.aggregate.items() if "mean" in v}
             details = {k: row.get(k) for k in ("aliases", "created", "decision", "base_model",
                                                "prompt_version", "run_id", "previous_champion")}
+            if isinstance(details.get("base_model"), str):
+                details["base_model"] = public_name(details["base_model"])
             return metrics, details
         except Exception as exc:  # noqa: BLE001 - a metrics lookup must not stop serving
             log.warning("could not read metrics of version %s: %s", version, exc)
@@ -294,8 +385,7 @@ class ModelHolder:
             try:
                 self.reload_now()
             except Exception as exc:  # noqa: BLE001 - keep serving the old model, report why
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("champion reload failed, still serving the old model: %s", self.last_error)
+                self._failed(exc, "champion reload failed, still serving the old model")
 
 
 # ------------------------------------------------------------------------------------ bounded predict
@@ -393,37 +483,54 @@ class PredictRunner:
 
 
 class BodyLimit:
-    """Refuse bodies over `limit` bytes with 413 before any parsing, declared or streamed."""
+    """Refuse bodies over their limit with 413 before any parsing, declared or streamed, and bodies that
+    do not arrive within `read_timeout_s` with 408 (and a closed connection): a client that sends a
+    byte now and then cannot hold a connection and its buffer for ever. `path_limits` sets a smaller
+    limit for some paths (a feedback event is kilobytes)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, read_timeout_s: float = 30.0,
+                 path_limits: dict[str, int] | None = None) -> None:
+        self.app, self.limit, self.read_timeout_s = app, limit, read_timeout_s
+        self.path_limits = path_limits or {}
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
-        await JSONResponse({"detail": detail, "errors": []}, status_code=status)(scope, receive, send)
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, detail: str,
+                      close: bool = False) -> None:
+        headers = {"connection": "close"} if close else None
+        await JSONResponse({"detail": detail, "errors": []}, status_code=status, headers=headers)(
+            scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_big = f"request body exceeds {self.limit} bytes (serve.max_request_bytes)"
+        limit = self.path_limits.get(scope.get("path", ""), self.limit)
+        setting = "serve.max_feedback_bytes" if limit != self.limit else "serve.max_request_bytes"
+        too_big = f"request body exceeds {limit} bytes ({setting})"
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
             if not declared.strip().isdigit():
                 await self._refuse(scope, receive, send, 400, "invalid Content-Length header")
                 return
-            if int(declared) > self.limit:
-                await self._refuse(scope, receive, send, 413, too_big)
+            if int(declared) > limit:
+                await self._refuse(scope, receive, send, 413, too_big, close=True)
                 return
         chunks: list[bytes] = []
         size = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.read_timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+            except TimeoutError:
+                await self._refuse(scope, receive, send, 408, f"request body not received within "
+                                   f"{self.read_timeout_s:g} s (serve.request_read_timeout_s)", close=True)
+                return
             if message["type"] == "http.disconnect":
                 return
             body = message.get("body", b"")
             size += len(body)
-            if size > self.limit:
-                await self._refuse(scope, receive, send, 413, too_big)
+            if size > limit:
+                await self._refuse(scope, receive, send, 413, too_big, close=True)
                 return
             chunks.append(body)
             if not message.get("more_body", False):
@@ -438,6 +545,103 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+# ------------------------------------------------------------------------------------ slow clients
+
+
+def header_timeout_protocol(timeout_s: float) -> type:
+    """uvicorn's h11 protocol with a deadline for a request's line and headers.
+
+    uvicorn times out idle keep-alive connections only: a client that connects and then sends a header
+    byte now and then (or nothing at all) holds its connection for ever. This closes a connection whose
+    next request has not got its headers complete `timeout_s` after the connection opened or the last
+    response ended. Bodies are bounded by `BodyLimit`'s read timeout.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            if not self.transport.is_closing():
+                self._header_timer = self.loop.call_later(timeout_s, self._expired)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _expired(self) -> None:
+            self._header_timer = None
+            idle = self.cycle is None or self.cycle.response_complete
+            if idle and self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                log.info("closing a connection whose request headers did not arrive within %g s", timeout_s)
+                self.transport.close()
+
+    return HeaderTimeoutH11Protocol
+
+
+def server_config(settings: Settings, app: Any, host: str | None = None, port: int | None = None,
+                  log_level: str = "info") -> Any:
+    """uvicorn's Config for `app` with the serve.* limits on slow and numerous clients."""
+    import uvicorn
+
+    serve = settings.serve
+    return uvicorn.Config(
+        app, host=host or serve.host, port=serve.port if port is None else port, log_level=log_level,
+        http=header_timeout_protocol(serve.header_timeout_s), timeout_keep_alive=serve.keep_alive_s,
+        limit_concurrency=serve.max_connections, h11_max_incomplete_event_size=64 * 1024,
+    )
+
+
+def run_server(settings: Settings, host: str | None = None, port: int | None = None,
+               model_spec: str = "champion") -> None:
+    """`chaptering serve`: the app on uvicorn with every server-side timeout of `server_config`."""
+    import uvicorn
+
+    uvicorn.Server(server_config(settings, create_app(settings, model_spec=model_spec), host, port)).run()
+
+
+class RetentionSweeper:
+    """Drops stored transcripts past serve.transcript_retention_days, at most once per `every_s`
+    (called at start-up and after each stored prediction, off the event loop)."""
+
+    def __init__(self, store: Any, days: float | None, every_s: float = 3600.0) -> None:
+        self.store, self.days, self.every_s = store, days, every_s
+        self._last = float("-inf")
+        self._lock = threading.Lock()
+
+    def maybe_purge(self) -> int:
+        if self.days is None or time.monotonic() - self._last < self.every_s:
+            return 0
+        if not self._lock.acquire(blocking=False):
+            return 0  # another thread is purging
+        try:
+            self._last = time.monotonic()
+            purged = self.store.purge_transcripts(datetime.now(UTC) - timedelta(days=self.days))
+        except Exception as exc:  # noqa: BLE001 - retention must never fail a request
+            log.warning("transcript retention sweep failed: %s: %s", type(exc).__name__, exc)
+            return 0
+        finally:
+            self._lock.release()
+        if purged:
+            log.info("dropped %d stored transcripts older than %g days", purged, self.days)
+        return purged
 
 
 # ------------------------------------------------------------------------------------------ the app
@@ -466,6 +670,8 @@ _UPLOAD_TYPES = ("multipart/form-data",)
 
 async def _read_transcript(request: Request, settings: Settings) -> Transcript:
     """JSON body or a multipart upload (`file`: .vtt/.srt/.json/.jsonl, optional `id`) -> transcript."""
+    from starlette.formparsers import MultiPartException
+
     from chaptering.io import InputError, transcript_from_upload
 
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
@@ -473,8 +679,11 @@ async def _read_transcript(request: Request, settings: Settings) -> Transcript:
         if ctype.startswith(_UPLOAD_TYPES):
             try:
                 form = await request.form(max_files=1, max_fields=4)
+            except MultiPartException as exc:  # starlette's own words for the client's mistake
+                raise HTTPException(422, detail=f"malformed multipart body: {exc.message}") from None
             except Exception as exc:  # noqa: BLE001 - malformed multipart is the client's problem
-                raise HTTPException(422, detail=f"malformed multipart body: {exc}") from None
+                log.info("malformed multipart body: %s: %s", type(exc).__name__, exc)
+                raise HTTPException(422, detail="malformed multipart body") from None
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 raise HTTPException(422, detail="multipart upload needs a file field named 'file'")
@@ -488,7 +697,7 @@ async def _read_transcript(request: Request, settings: Settings) -> Transcript:
                 data["id"] = override.strip()
             incoming = TranscriptIn.model_validate(data)
         elif ctype == "application/json" or ctype.endswith("+json"):
-            incoming = TranscriptIn.model_validate_json(await request.body())
+            incoming = parse_body(TranscriptIn, await request.body())
         else:
             raise HTTPException(415, detail=f"unsupported content type {ctype!r}: send application/json "
                                             "or a multipart/form-data upload")
@@ -515,6 +724,11 @@ def _tracks(pred: Prediction, transcript: Transcript) -> tuple[str | None, str |
     return youtube, webvtt, []
 
 
+def _openapi_feedback_body() -> dict[str, Any]:
+    ref = {"$ref": "#/components/schemas/FeedbackIn"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
 def _openapi_chapters_body() -> dict[str, Any]:
     ref = {"$ref": "#/components/schemas/TranscriptIn"}
     upload = {
@@ -533,16 +747,22 @@ def _openapi_chapters_body() -> dict[str, Any]:
 def create_app(settings: Settings, chapterer_loader: Loader | None = None, model_spec: str = "champion") -> FastAPI:
     """The service over `settings`. `model_spec` other than `champion` pins one model (no polling);
     `chapterer_loader(spec, settings)` replaces `predict.load_chapterer` (tests)."""
-    from chaptering.feedback import FeedbackStore, InvalidFeedback, UnknownPrediction
+    from chaptering.feedback import FeedbackStore, IdempotencyConflict, InvalidFeedback, UnknownPrediction
 
+    serve = settings.serve
+    if serve.require_token and not serve.token:
+        raise ValueError("serve.require_token is set but serve.token is empty: set CHAPTERING_SERVE__TOKEN "
+                         "(feedback would otherwise be open to anyone who reaches the port)")
     holder = ModelHolder(settings, chapterer_loader or _default_loader, model_spec)
-    runner = PredictRunner(settings.serve.max_concurrency, settings.serve.generation_timeout_s)
+    runner = PredictRunner(serve.max_concurrency, serve.generation_timeout_s)
     store = FeedbackStore(settings.feedback_db)
+    sweeper = RetentionSweeper(store, serve.transcript_retention_days)
     bearer = HTTPBearer(auto_error=False, description="serve.token, when set")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(holder.reload_now)  # fail fast at start-up: a broken champion is loud
+        await run_in_threadpool(sweeper.maybe_purge)
         holder.start_polling()
         try:
             yield
@@ -553,7 +773,8 @@ def create_app(settings: Settings, chapterer_loader: Loader | None = None, model
 
     app = FastAPI(title="chaptering", version="1", lifespan=lifespan,
                   description="Chapters for video transcripts from the registered `champion` model.")
-    app.add_middleware(BodyLimit, limit=settings.serve.max_request_bytes)
+    app.add_middleware(BodyLimit, limit=serve.max_request_bytes, read_timeout_s=serve.request_read_timeout_s,
+                       path_limits={"/v1/feedback": min(serve.max_feedback_bytes, serve.max_request_bytes)})
     app.state.settings, app.state.models, app.state.runner, app.state.store = settings, holder, runner, store
     app.state.reload_now = holder.reload_now
 
@@ -579,8 +800,13 @@ def create_app(settings: Settings, chapterer_loader: Loader | None = None, model
     async def _live() -> LiveModel:
         try:
             return await run_in_threadpool(holder.current)
-        except ModelUnavailable as exc:
-            raise HTTPException(503, detail=f"no model loaded: {exc}") from None
+        except ModelUnavailable:
+            raise HTTPException(503, detail="no model loaded (the server log says why)") from None
+
+    def _record(transcript: Transcript, pred: Prediction, version: str) -> str:
+        pid = store.record_prediction(transcript, pred.chapters, version)
+        sweeper.maybe_purge()
+        return pid
 
     @app.post("/v1/chapters", response_model=ChaptersOut, openapi_extra=_openapi_chapters_body(),
               responses={k: v for k, v in _ERRORS.items() if k != 401})
@@ -597,30 +823,51 @@ def create_app(settings: Settings, chapterer_loader: Loader | None = None, model
                 raise HTTPException(503, detail=f"server busy: no model slot freed within {limit} s",
                                     headers={"Retry-After": "5"}) from None
             raise HTTPException(504, detail=f"generation exceeded {limit} s (serve.generation_timeout_s)") from None
-        pid = await run_in_threadpool(store.record_prediction, transcript, pred.chapters, live.version)
+        pid = await run_in_threadpool(_record, transcript, pred, live.version)
         youtube, webvtt, warnings = _tracks(pred, transcript)
         return ChaptersOut(prediction_id=pid, transcript_id=transcript.id, model_version=live.version,
-                           model=pred.model, chapters=pred.chapters, youtube=youtube, webvtt=webvtt,
+                           model=public_name(pred.model), chapters=pred.chapters, youtube=youtube, webvtt=webvtt,
                            health=pred.meta.get("health"), latency_s=round(time.perf_counter() - t0, 3),
                            generation_s=pred.meta.get("latency_s"), warnings=warnings)
 
     @app.post("/v1/feedback", response_model=FeedbackOut, status_code=201, responses=_ERRORS,
-              dependencies=[Depends(_check_token)])
-    def feedback(event: FeedbackEvent) -> FeedbackOut:
-        """Store an edit (corrected chapters) or a rating for a served prediction."""
+              dependencies=[Depends(_check_token)], openapi_extra=_openapi_feedback_body())
+    async def feedback(
+        request: Request,
+        idempotency_key: str | None = Header(
+            default=None, alias="Idempotency-Key", min_length=1, max_length=MAX_ID_CHARS,
+            description="Send the same key when retrying: the event is stored once"),
+    ) -> Any:
+        """Store an edit (corrected chapters) or a rating for a prediction this service made.
+
+        The token is checked before the body is read (the route declares no body parameter, so FastAPI
+        parses nothing first): strangers get 401, not schema hints."""
+        _json_content_type(request)
+        incoming = parse_body(FeedbackIn, await request.body())
+        key = idempotency_key or incoming.idempotency_key
+        if idempotency_key and incoming.idempotency_key and idempotency_key != incoming.idempotency_key:
+            raise HTTPException(422, detail="the Idempotency-Key header and the idempotency_key field differ")
+        event = incoming.event()
         try:
-            seq = store.add(event)
+            seq, replayed = await run_in_threadpool(store.add_once, event, key)
+        except IdempotencyConflict as exc:
+            raise HTTPException(409, detail=str(exc)) from None
         except (UnknownPrediction, InvalidFeedback) as exc:
             raise HTTPException(422, detail=str(exc)) from None
         except (OverflowError, ValueError) as exc:  # e.g. a timestamp that cannot be moved to UTC
-            raise HTTPException(422, detail=f"invalid feedback: {exc}") from None
-        return FeedbackOut(id=seq, prediction_id=event.prediction_id, kind=event.kind)
+            log.info("feedback refused: %s: %s", type(exc).__name__, exc)
+            raise HTTPException(422, detail="invalid feedback: a value cannot be stored (timestamp out of "
+                                            "range?)") from None
+        out = FeedbackOut(id=seq, prediction_id=event.prediction_id, kind=event.kind, replayed=replayed)
+        headers = {"Idempotent-Replayed": "true"} if replayed else None
+        return JSONResponse(out.model_dump(mode="json"), status_code=201, headers=headers)
 
     @app.get("/v1/model", response_model=ModelOut, responses={503: _ERRORS[503]})
     async def model() -> ModelOut:
         """The version answering requests now, its metrics, and what the registry last said."""
         live = await _live()
-        return ModelOut(version=live.version, model=live.name, source=live.source, loaded_at=live.loaded_at,
+        return ModelOut(version=live.version, model=public_name(live.name), source=live.source,
+                        loaded_at=live.loaded_at,
                         metrics=live.metrics, details=live.details, registry_champion=holder.registry_champion,
                         last_check=holder.last_check, last_error=holder.last_error)
 
@@ -637,16 +884,18 @@ def create_app(settings: Settings, chapterer_loader: Loader | None = None, model
 
 
 def _add_transcript_schema(app: FastAPI) -> None:
-    """The hand-written /v1/chapters body refers to TranscriptIn: put it (and its parts) in components."""
+    """The hand-written request bodies refer to TranscriptIn and FeedbackIn: put them (and their parts)
+    in components."""
     plain: Callable[[], dict[str, Any]] = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = plain()
-            extra = TranscriptIn.model_json_schema(ref_template="#/components/schemas/{model}")
-            defs = extra.pop("$defs", {})
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update({**defs, "TranscriptIn": extra})
+            for model in (TranscriptIn, FeedbackIn):
+                extra = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                defs = extra.pop("$defs", {})
+                components.update({**defs, model.__name__: extra})
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, text
 
-from chaptering.feedback import FeedbackRow, FeedbackStore, InvalidFeedback, UnknownPrediction
+from chaptering.feedback import (
+    FeedbackRow,
+    FeedbackStore,
+    IdempotencyConflict,
+    InvalidFeedback,
+    UnknownPrediction,
+    parse_row,
+)
 from chaptering.schema import Chapter, FeedbackEvent
 from tests.factories import make_transcript
 
@@ -97,10 +104,109 @@ def test_event_without_prediction_id_is_linked(store: FeedbackStore) -> None:
     store.record_prediction(make_transcript(tid="t1", n=12, chapters=(0,)), chapters(0), "2")  # other version
     pid = store.record_prediction(t, chapters(0, 10), "3")
     store.add(edit(None))
-    store.add(edit(None, tid="never-served"))
-    (_, linked, _), (_, orphan, _) = list(store.events_after(0))
+    [(_, linked, _)] = list(store.events_after(0))
     assert linked.prediction_id == pid and store.transcript_for(linked) == t
-    assert orphan.prediction_id is None and store.resolve(orphan) == (None, "no linked prediction")
+
+
+def test_feedback_citing_no_served_prediction_is_refused(store: FeedbackStore) -> None:
+    """Issue 20 #5: feedback on nothing the service made is not stored (it was, unlinked, before)."""
+    store.record_prediction(make_transcript(), chapters(0, 10), "3")
+    with pytest.raises(UnknownPrediction, match="must cite a prediction"):
+        store.add(edit(None, tid="never-served"))
+    with pytest.raises(UnknownPrediction, match="must cite a prediction"):
+        store.add(edit(None).model_copy(update={"model_version": "9"}))
+    assert store.count() == 0
+
+
+def test_idempotency_key_stores_an_event_once(store: FeedbackStore) -> None:
+    """Issue 20 #6: a retry after a lost acknowledgement returns the first event, no second row."""
+    pid = store.record_prediction(make_transcript(), chapters(0, 10), "3")
+    assert store.add_once(edit(pid), "key-1") == (1, False)
+    assert store.add_once(edit(pid), "key-1") == (1, True)
+    assert store.add(edit(pid), "key-2") == 2
+    with pytest.raises(IdempotencyConflict, match="key-1"):
+        store.add_once(edit(pid).model_copy(update={"user_id": "someone-else"}), "key-1")
+    assert store.count() == 2
+    with store.engine.connect() as conn:  # the database itself refuses a duplicate key
+        indexes = conn.exec_driver_sql("PRAGMA index_list('feedback_events')").fetchall()
+    assert any(row[2] for row in indexes), indexes  # a unique index exists
+
+
+def test_idempotency_column_is_added_to_an_old_store(tmp_path: Path) -> None:
+    """A store created before the idempotency key existed gets the column (create_all adds none)."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = FeedbackStore(url)
+    old.count()
+    with old.engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_feedback_events_idempotency_key")
+        conn.exec_driver_sql("ALTER TABLE feedback_events DROP COLUMN idempotency_key")
+    old.close()
+    new = FeedbackStore(url)
+    try:
+        pid = new.record_prediction(make_transcript(), chapters(0, 10), "3")
+        assert new.add_once(edit(pid), "k") == (1, False) and new.add_once(edit(pid), "k") == (1, True)
+    finally:
+        new.close()
+
+
+def test_stored_transcripts_are_scrubbed_and_expire(store: FeedbackStore) -> None:
+    """Issue 20 #5: what /v1/chapters stores goes through curation's PII rules and a retention period."""
+    t = make_transcript()
+    t.segments[3] = t.segments[3].model_copy(update={"text": "mail me at jane.doe@example.com or 555-123-4567"})
+    pid = store.record_prediction(t, chapters(0, 10), "3")
+    stored = store.get_prediction(pid)["transcript"]["segments"][3]["text"]
+    assert "jane.doe" not in stored and "<EMAIL>" in stored and "<PHONE>" in stored
+    assert store.purge_transcripts(datetime(2000, 1, 1, tzinfo=UTC)) == 0
+    assert store.purge_transcripts(datetime.now(UTC) + timedelta(seconds=1)) == 1
+    assert store.get_prediction(pid)["transcript"] is None
+    with pytest.raises(InvalidFeedback, match="retention"):
+        store.add(edit(pid))
+
+
+def test_lone_surrogate_row_is_yielded_as_invalid(store: FeedbackStore) -> None:
+    """Issue 20 #1: a row another writer stored with a lone surrogate parses as invalid, not as an event
+    whose first JSON write would crash the nightly."""
+    store.count()
+    with store.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO feedback_events (transcript_id, model_version, predicted, corrected, rating, user_id, "
+                "created_at) VALUES ('t1', '3', :p, NULL, 'accept', 'u', '2026-11-01 00:00:00')"
+            ),
+            {"p": '[{"title": "x \\ud800", "start_segment": 0}]'},
+        )
+    [(_, event, raw)] = list(store.events_after(0))
+    assert event is None
+    assert "lone surrogate" in parse_row(raw)[1]
+
+
+def test_unreadable_row_does_not_hide_the_rows_after_it(store: FeedbackStore) -> None:
+    """A timestamp another writer stored as junk makes the row unfetchable: it comes back as unreadable
+    and the rows after it still come."""
+    pid = store.record_prediction(make_transcript(), chapters(0, 10), "3")
+    store.add(edit(pid))
+    with store.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO feedback_events (transcript_id, model_version, predicted, corrected, rating, user_id, "
+                "created_at) VALUES ('t1', '3', '[]', NULL, 'accept', 'u', 'not a time')"
+            )
+        )
+    store.add(edit(pid))
+    rows = list(store.events_after(0))
+    assert [i for i, _, _ in rows] == [1, 2, 3]
+    assert rows[0][1] is not None and rows[2][1] is not None and rows[1][1] is None
+    assert parse_row(rows[1][2])[1].startswith("stored row cannot be read")
+
+
+def test_feedback_size_bounds() -> None:
+    """Issue 20 #5: a 4 MB feedback row was accepted; titles and chapter lists are bounded now."""
+    with pytest.raises(ValueError, match="title longer than"):
+        FeedbackEvent(transcript_id="t1", model_version="3", predicted=[Chapter(title="x" * 10_000, start_segment=0)],
+                      rating="accept")
+    with pytest.raises(ValueError, match="at most"):
+        FeedbackEvent(transcript_id="t1", model_version="3", rating="accept",
+                      predicted=[Chapter(title="x", start_segment=i) for i in range(501)])
 
 
 def test_events_after_respects_watermark_and_limit(store: FeedbackStore) -> None:

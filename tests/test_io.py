@@ -475,3 +475,55 @@ def test_real_vidchapters_lines_stream_and_round_trip(tmp_path: Path) -> None:
     back = read_transcripts(tmp_path / "v.vtt")[0]
     assert [s.text for s in back.segments] == [s.text for s in first[0].segments]
     assert [s.start for s in back.segments] == [round(s.start, 3) for s in first[0].segments]
+
+
+# ------------------------------------------------------------------------------------- invalid text (issue 20)
+
+
+def test_one_text_rule_for_files_uploads_and_names(tmp_path: Path) -> None:
+    """Issue 20 #1/#2: a lone surrogate (or NUL) is refused the same way wherever it comes in, with the
+    field that holds it; before, files and feedback let it through to crash the first JSON write."""
+    poisoned = record()
+    poisoned["chapters"][1]["title"] = "x \ud800"
+    path = jsonl(tmp_path, poisoned, record(id="ok"), record(id="nul", segments=[{"text": "a\x00b"}]))
+    rejected: list[Rejected] = []
+    assert [t.id for t in iter_transcripts(path, rejected)] == ["ok"]
+    assert [(r.location, r.reason) for r in rejected] == [
+        ("line 1", "chapters.1.title: text contains a lone surrogate U+D800 at position 2: not valid Unicode text"),
+        ("line 3", "segments.0.text: text contains a NUL character at position 1"),
+    ]
+    with pytest.raises(InputError, match=r"chapters\.1\.title: text contains a lone surrogate"):
+        transcript_from_upload("a.json", json.dumps(poisoned).encode())
+    with pytest.raises(InputError, match=r"file name contains a lone surrogate"):
+        transcript_from_upload("bad\udcffname.vtt", b"WEBVTT\n")
+
+
+def test_rejected_lines_are_always_writable() -> None:
+    """A quarantine line naming a file with undecodable bytes must itself be writable as UTF-8."""
+    bad = Rejected(source="in/bad\udcffname.jsonl", location="file", reason="x \ud800")
+    line = json.dumps(bad.to_dict(), ensure_ascii=False)
+    line.encode("utf-8")
+    assert bad.to_dict() == {"source": "in/bad\\xffname.jsonl", "location": "file", "reason": "x \\ud800"}
+
+
+def test_write_jsonl_hands_unwritable_records_to_on_error(tmp_path: Path) -> None:
+    """Without on_error a bad record raises (as before); with it, the others are written."""
+    good = Transcript.model_validate(record())
+    bad = Transcript.model_validate(record(id="bad"))
+    bad.meta["path"] = "x \ud800"  # set after validation: only the write can catch it
+    with pytest.raises(ValueError):
+        write_jsonl(tmp_path / "strict.jsonl", [good, bad])
+    seen: list = []
+    assert write_jsonl(tmp_path / "out.jsonl", [good, bad, {"t": "\udcff"}], lambda r, e: seen.append(r)) == 1
+    assert [getattr(r, "id", r) for r in seen] == ["bad", {"t": "\udcff"}]
+    assert [t.id for t in read_transcripts(tmp_path / "out.jsonl")] == ["t1"]
+
+
+def test_located_transcripts_name_line_item_and_file(tmp_path: Path) -> None:
+    from chaptering.io import iter_located_transcripts
+
+    path = jsonl(tmp_path, record(id="a"), "", record(id="b"))
+    assert [(loc, t.id) for loc, t in iter_located_transcripts(path)] == [("line 1", "a"), ("line 3", "b")]
+    arr = tmp_path / "arr.json"
+    arr.write_text(json.dumps([record(id="a"), record(id="b")]))
+    assert [loc for loc, _ in iter_located_transcripts(arr)] == ["item 1", "item 2"]
