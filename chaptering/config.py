@@ -91,6 +91,8 @@ class TrainSettings(BaseModel):
 class GateSettings(BaseModel):
     """Promotion rules (chaptering/gate.py). Margins are per domain, on the held-out set's domains."""
 
+    # The paired-bootstrap 95 % lower bound of (challenger - reference) headline must exceed this.
+    min_lower_bound: float = 0.0
     max_domain_f1_drop: float = 0.05  # no domain's primary F1 may fall further below the reference
     max_pk_regression: float = 0.02
     max_b_regression: float = 0.02  # Boundary Similarity

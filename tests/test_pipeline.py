@@ -91,3 +91,31 @@ def test_data_build_cli_reuses_unchanged_build(flow_settings: Settings, tmp_path
     assert second.exit_code == 0, second.output
     again = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert again["reused"] is True and again["fingerprint"] == stats["fingerprint"]
+
+
+def test_champion_promoted_on_an_older_heldout_set_is_re_evaluated(flow_settings: Settings, monkeypatch) -> None:
+    """A new held-out set must not leave every later challenger incomparable with the champion."""
+    from chaptering import pipeline
+    from chaptering.evaluate import Report
+
+    old = Report("models:/chaptering/4", "old.jsonl", "old-set-fp", {})
+    monkeypatch.setattr(registry, "champion_report", lambda s: old)
+    monkeypatch.setattr(registry, "champion_version", lambda s: "4")
+    asked: list[str] = []
+    monkeypatch.setattr(pipeline, "reference_report", lambda spec, s: asked.append(spec) or f"report of {spec}")
+    assert pipeline.champion_on_heldout(flow_settings) == "report of models:/chaptering/4"
+    assert asked == ["models:/chaptering/4"]
+
+    from chaptering.evaluate import fingerprint
+    from chaptering.heldout import load_heldout
+
+    current = Report("models:/chaptering/4", "h", fingerprint(load_heldout(flow_settings.data.eval_path)), {})
+    monkeypatch.setattr(registry, "champion_report", lambda s: current)
+    assert pipeline.champion_on_heldout(flow_settings) is current and asked == ["models:/chaptering/4"]
+
+
+def test_first_candidate_is_judged_against_baselines_and_base(flow_settings: Settings) -> None:
+    first = run_once(flow_settings)
+    reasons = " ".join(first["decision"].reasons)
+    assert "headline" in reasons and ("best baseline" in reasons)
+    assert "baseline:equal" in first["summary"] and "baseline:random" in first["summary"]
