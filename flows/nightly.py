@@ -2,7 +2,8 @@
 
 `nightly_retrain` is the DAG ingest -> curate -> datasets -> train -> evaluate -> register -> commit.
 Nothing touches the registry before `register`, and the watermarks/corpus move only in `commit`, so
-a failed stage leaves the champion and the stored data as they were and the next run retries.
+a failed stage leaves the champion and the stored data as they were and the next run retries. A run
+that was killed outright (no `finally` ran) is cleaned up when the next one starts (`cleanup.recover`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from chaptering import pipeline
+from chaptering import cleanup, pipeline
 from chaptering.config import Settings, apply_overrides, get_settings
 
-IO_RETRIES = dict(retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": [5, 30], "cache_policy": NO_CACHE}
 
 
 @task(name="ingest", **IO_RETRIES)
@@ -56,6 +57,18 @@ def commit(settings: Settings, run_dir: Path) -> dict[str, int]:
     return pipeline.commit_stage(settings, run_dir)
 
 
+def recover(settings: Settings) -> cleanup.CleanupReport:
+    """Debris of a killed retrain: its run folder marked, its MLflow run FAILED, its orphaned Prefect
+    server stopped. Never fatal: the new run does not depend on the old one's debris."""
+    from prefect.settings import get_current_settings
+
+    try:
+        return cleanup.recover(settings, Path(get_current_settings().home))
+    except Exception as exc:  # noqa: BLE001 - a cleanup problem must not cost the night's training
+        get_run_logger().warning("cleanup after killed runs failed: %s: %s", type(exc).__name__, exc)
+        return cleanup.CleanupReport(notes=[f"cleanup failed: {exc}"])
+
+
 @flow(name="nightly-retrain")
 def nightly_retrain(
     base_model: str | None = None,
@@ -74,6 +87,9 @@ def nightly_retrain(
     if max_steps:
         extra.append(f"train.max_steps={max_steps}")
     settings = apply_overrides(settings, extra).prepare() if extra else settings.prepare()
+    recovered = recover(settings)
+    if recovered:
+        logger.warning("cleaned up after a killed run: %s", recovered.to_dict())
     run_dir = pipeline.new_run_dir(settings)
     logger.info("run folder %s", run_dir)
 

@@ -6,6 +6,7 @@ per-test state folder. Fake chapterers only where a test needs control over timi
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -422,3 +423,210 @@ def test_fuzz_no_server_errors(tiny_dir: Path, tmp_path: Path, mode: str) -> Non
     expected = {"POST /v1/chapters", "POST /v1/feedback"} | ({"GET /v1/model", "GET /healthz"} if mode == "positive" else set())
     assert expected == set(seen)
     assert all(code < 500 for codes in seen.values() for code in codes), seen
+
+
+# ------------------------------------------------------------------------------- hostile input (issue 20)
+
+
+def _feedback_raw(c: TestClient, raw: bytes | str, **headers: str) -> Any:
+    return c.post("/v1/feedback", content=raw, headers={"content-type": "application/json", **headers})
+
+
+def test_feedback_with_a_lone_surrogate_is_refused_like_chapters(client: TestClient) -> None:
+    """Issue 20 #1: /v1/feedback stored `"x \\ud800"` (201) and the next nightly crashed on it."""
+    served = client.post("/v1/chapters", json=body()).json()
+    event = edit_for(served, [0, 4])
+    event["corrected"][1]["title"] = "x \ud800"
+    r = _feedback_raw(client, json.dumps(event))
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == "corrected.1.title: text contains a lone surrogate U+D800 at position 2: not " \
+                                 "valid Unicode text"
+    t = body()
+    t["segments"][0]["text"] = "x \ud800"
+    r = client.post("/v1/chapters", content=json.dumps(t), headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "segments.0.text: text contains a lone surrogate" in r.json()["detail"]
+
+
+def test_feedback_must_cite_a_served_prediction_and_is_bounded(tiny_dir: Path, tmp_path: Path) -> None:
+    """Issue 20 #5: feedback citing nothing the service made was stored; 4 MB rows were accepted."""
+    s = make_settings(tmp_path, tiny_dir, max_feedback_bytes=20_000)
+    with TestClient(create_app(s, model_spec="baseline:equal")) as c:
+        served = c.post("/v1/chapters", json=body()).json()
+        orphan = {k: v for k, v in edit_for(served, [0, 4]).items() if k != "prediction_id"}
+        r = c.post("/v1/feedback", json={**orphan, "transcript_id": "never-served"})
+        assert r.status_code == 422 and "must cite a prediction" in r.json()["detail"]
+        big = edit_for(served, [0, 4])
+        big["corrected"][0]["title"] = "x" * 30_000
+        r = c.post("/v1/feedback", json=big)
+        assert r.status_code == 413 and "serve.max_feedback_bytes" in r.json()["detail"]
+        big["corrected"][0]["title"] = "x" * 5_000  # under the byte limit, over the title bound
+        assert c.post("/v1/feedback", json=big).status_code == 422
+        assert c.post("/v1/chapters", json=body(make_transcript(n=400))).status_code == 200  # chapters: 5 MB
+        store = FeedbackStore(s.feedback_db)
+        try:
+            assert store.count() == 0
+        finally:
+            store.close()
+
+
+def test_stored_transcripts_are_scrubbed(tiny_dir: Path, tmp_path: Path) -> None:
+    """Issue 20 #5: /v1/chapters stored every transcript in full, unscrubbed."""
+    s = make_settings(tmp_path, tiny_dir)
+    t = make_transcript(n=12, chapters=(0, 6))
+    t.segments[2] = t.segments[2].model_copy(update={"text": "write to jane.doe@example.com today"})
+    with TestClient(create_app(s, model_spec="baseline:equal")) as c:
+        pid = c.post("/v1/chapters", json=body(t)).json()["prediction_id"]
+    store = FeedbackStore(s.feedback_db)
+    try:
+        stored = store.get_prediction(pid)["transcript"]["segments"][2]["text"]
+    finally:
+        store.close()
+    assert stored == "write to <EMAIL> today"
+
+
+def test_retention_sweeper_purges_at_most_hourly(tmp_path: Path) -> None:
+    from chaptering.serve import RetentionSweeper
+
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'fb.db'}")
+    try:
+        pid = store.record_prediction(make_transcript(), [], "1")
+        sweeper = RetentionSweeper(store, days=0.0)
+        assert sweeper.maybe_purge() == 1 and store.get_prediction(pid)["transcript"] is None
+        store.record_prediction(make_transcript(), [], "1")
+        assert sweeper.maybe_purge() == 0  # within the hour: no second sweep
+        assert RetentionSweeper(store, days=None).maybe_purge() == 0  # None keeps transcripts
+    finally:
+        store.close()
+
+
+def test_production_config_turns_the_token_on(tiny_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Issue 20 #5: feedback needed no token by default; configs/production.yaml requires one."""
+    from chaptering.config import PROJECT_ROOT
+
+    monkeypatch.setenv("CHAPTERING_CONFIG_FILE", str(PROJECT_ROOT / "configs" / "production.yaml"))
+    monkeypatch.delenv("CHAPTERING_SERVE__TOKEN", raising=False)
+    prod = Settings(state_dir=tmp_path / "state")
+    assert prod.serve.require_token and prod.serve.token is None
+    with pytest.raises(ValueError, match="CHAPTERING_SERVE__TOKEN"):
+        create_app(prod, model_spec="baseline:equal")
+    monkeypatch.setenv("CHAPTERING_SERVE__TOKEN", "s3cret")
+    with TestClient(create_app(Settings(state_dir=tmp_path / "state"), model_spec="baseline:equal")) as c:
+        served = c.post("/v1/chapters", json=body()).json()
+        assert c.post("/v1/feedback", json=edit_for(served, [0, 4])).status_code == 401
+        ok = c.post("/v1/feedback", json=edit_for(served, [0, 4]), headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 201, ok.text
+
+
+def test_idempotency_key_header_and_field(client: TestClient, base_settings: Settings) -> None:
+    """Issue 20 #6: a retry after a lost acknowledgement inserted the event twice."""
+    served = client.post("/v1/chapters", json=body(make_transcript(n=12, chapters=(0, 6), tid="idem"))).json()
+    event = edit_for(served, [0, 4])
+    first = client.post("/v1/feedback", json=event, headers={"Idempotency-Key": "retry-me"})
+    again = client.post("/v1/feedback", json=event, headers={"Idempotency-Key": "retry-me"})
+    assert first.status_code == again.status_code == 201, again.text
+    assert again.json() == {**first.json(), "replayed": True} and again.headers["idempotent-replayed"] == "true"
+    by_field = client.post("/v1/feedback", json={**event, "idempotency_key": "retry-me"})
+    assert by_field.json()["id"] == first.json()["id"]
+    other = client.post("/v1/feedback", json={**edit_for(served, [0, 8])}, headers={"Idempotency-Key": "retry-me"})
+    assert other.status_code == 409 and "different event" in other.json()["detail"]
+    mixed = client.post("/v1/feedback", json={**event, "idempotency_key": "a"}, headers={"Idempotency-Key": "b"})
+    assert mixed.status_code == 422
+    store = FeedbackStore(base_settings.feedback_db)
+    try:
+        rows = [raw for _, _, raw in store.events_after(0) if raw["transcript_id"] == "idem"]
+    finally:
+        store.close()
+    assert len(rows) == 1 and rows[0]["idempotency_key"] == "retry-me"
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"\xff\xfe{}", b'{"a": 1', b"[" * 10_000])
+def test_invalid_json_is_the_same_422_on_both_endpoints(client: TestClient, raw: bytes) -> None:
+    """Issue 20 #9: invalid JSON was 400 on one endpoint (non-UTF-8 on /v1/feedback), 422 on the other."""
+    answers = [client.post(path, content=raw, headers={"content-type": "application/json"})
+               for path in ("/v1/chapters", "/v1/feedback")]
+    assert [r.status_code for r in answers] == [422, 422], [r.text for r in answers]
+    assert all(r.json()["detail"].startswith("Invalid JSON") for r in answers)
+
+
+def test_malformed_feedback_without_a_token_is_401(tiny_dir: Path, tmp_path: Path) -> None:
+    """Issue 20 #9: a malformed body without a token got 422 (a schema hint) before the token check."""
+    s = make_settings(tmp_path, tiny_dir, token="s3cret")
+    with TestClient(create_app(s, model_spec="baseline:equal")) as c:
+        for raw in (b"{not json", b"\xff", b'{"transcript_id": 5}'):
+            assert _feedback_raw(c, raw).status_code == 401
+        assert _feedback_raw(c, b"{not json", Authorization="Bearer s3cret").status_code == 422
+
+
+def test_strict_types(client: TestClient) -> None:
+    """Issue 20 #9: `"start": true` was read as 1.0; numbers in strings and 1.0 as an index are refused too."""
+    for seg in ({"text": "a b", "start": True}, {"text": "a b", "start": "1.5"}, {"text": "a b", "end": False}):
+        r = client.post("/v1/chapters", json={"id": "x", "segments": [seg]})
+        assert r.status_code == 422 and "valid number" in r.json()["detail"], r.text
+    assert client.post("/v1/chapters", json={"id": "x", "segments": [{"text": "a b", "start": 1}]}).status_code == 200
+    served = client.post("/v1/chapters", json=body()).json()
+    for bad in (True, 4.0, "4"):
+        event = edit_for(served, [0, 4])
+        event["corrected"][1]["start_segment"] = bad
+        r = client.post("/v1/feedback", json=event)
+        assert r.status_code == 422 and "corrected.1.start_segment" in r.json()["detail"], r.text
+
+
+def test_no_local_paths_or_exception_text_in_answers(tiny_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Issue 20 #9: answers and /v1/model showed the local model path and raw exception text."""
+    s = make_settings(tmp_path, tiny_dir)
+    with TestClient(create_app(s, model_spec="base")) as c:
+        served = c.post("/v1/chapters", json=body()).json()
+        shown = c.get("/v1/model").json()
+    assert str(tiny_dir) not in json.dumps(served) and str(tiny_dir) not in json.dumps(shown)
+    assert served["model"] == shown["model"] == f"base:{tiny_dir.name}"
+
+    def broken(spec: str, st: Settings) -> Any:
+        raise OSError(f"cannot open {tmp_path}/secret/weights.safetensors")
+
+    app = create_app(s, chapterer_loader=broken, model_spec="fake")
+    c = TestClient(app)  # no lifespan: the first request tries to load
+    r = c.post("/v1/chapters", json=body())
+    assert r.status_code == 503 and str(tmp_path) not in r.text and "server log" in r.json()["detail"]
+    assert str(tmp_path) not in (app.state.models.last_error or "")
+
+
+def test_public_name() -> None:
+    from chaptering.serve import public_name
+
+    assert public_name("models:/chaptering/3") == "models:/chaptering/3"
+    assert public_name("base:embedded") == "base:embedded"
+    assert public_name("base:Qwen/Qwen2.5-0.5B-Instruct") == "base:Qwen/Qwen2.5-0.5B-Instruct"
+    assert public_name("baseline:equal") == "baseline:equal"
+    assert public_name("/srv/runs/x/adapter") == "local:adapter"
+    assert public_name("base:/home/me/models/smol") == "base:smol"
+
+
+def test_body_that_never_finishes_gets_408() -> None:
+    """Issue 20 #4: half-sent requests were held open for as long as the client liked."""
+    import asyncio
+
+    from chaptering.serve import BodyLimit
+
+    sent: list[dict] = []
+    called = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        called.append(scope)
+
+    async def receive() -> dict:
+        if not sent and not called and not hasattr(receive, "first"):
+            receive.first = True  # type: ignore[attr-defined]
+            return {"type": "http.request", "body": b'{"id": ', "more_body": True}
+        await asyncio.sleep(3600)  # the rest never comes
+        return {}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/chapters", "headers": [(b"content-length", b"100")]}
+    t0 = time.perf_counter()
+    asyncio.run(BodyLimit(app, limit=1000, read_timeout_s=0.3)(scope, receive, send))
+    assert time.perf_counter() - t0 < 2 and not called
+    start = sent[0]
+    assert start["status"] == 408 and (b"connection", b"close") in start["headers"]
+    assert b"serve.request_read_timeout_s" in sent[1]["body"]
