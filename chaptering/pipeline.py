@@ -370,7 +370,7 @@ def champion_on_heldout(settings: Settings) -> Any:
 
 def evaluate_stage(settings: Settings, outcome: TrainOutcome, run_dir: Path) -> EvalOutcome:
     """Challenger on the held-out set, beside the champion's report; with no champion, beside the
-    baselines and the zero-shot base model (what a first candidate must beat)."""
+    baselines (and the zero-shot base model when `gate.compare_base`): what a first candidate must beat."""
     from chaptering.evaluate import evaluate, write_report
     from chaptering.heldout import load_heldout
     from chaptering.predict import load_chapterer
@@ -383,8 +383,8 @@ def evaluate_stage(settings: Settings, outcome: TrainOutcome, run_dir: Path) -> 
     report, predictions = evaluate(chapterer, transcripts, data_name=str(settings.data.eval_path))
     paths = write_report(report, predictions, transcripts, run_dir / "eval")
     champion = champion_on_heldout(settings)
-    references = [] if champion else [
-        *(reference_report(f"baseline:{b}", settings) for b in settings.gate.baselines), base_report(settings)]
+    specs = [f"baseline:{b}" for b in settings.gate.baselines] + (["base"] if settings.gate.compare_base else [])
+    references = [] if champion else [reference_report(spec, settings) for spec in specs]
     return EvalOutcome(report, champion, references, [paths["timeline"], paths["markdown"], paths["json"]])
 
 

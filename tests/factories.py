@@ -50,7 +50,7 @@ def small_project(tmp_path: Path, tiny_dir: Path) -> Settings:
         data=DataSettings(inputs=[inputs], internal_dir=tmp_path / "internal", eval_path=eval_path),
         train=TrainSettings(max_steps=2, grad_accum=1, max_length=512, save_steps=100, dpo_steps=1,
                             target_modules=["q_proj", "v_proj"], lora_r=4, lora_alpha=8),
-        gate=GateSettings(baselines=["equal", "random"]),  # the sentence encoder is not needed here
+        gate=GateSettings(baselines=["equal", "random"], compare_base=True),  # no sentence encoder needed
     ).prepare()
 
 
