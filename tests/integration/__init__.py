@@ -1,0 +1,1 @@
+"""Scenario tests: real servers on loopback, hostile clients, poison pills, killed runs."""
