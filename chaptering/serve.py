@@ -605,7 +605,7 @@ def server_config(settings: Settings, app: Any, host: str | None = None, port: i
     return uvicorn.Config(
         app, host=host or serve.host, port=serve.port if port is None else port, log_level=log_level,
         http=header_timeout_protocol(serve.header_timeout_s), timeout_keep_alive=serve.keep_alive_s,
-        limit_concurrency=serve.max_connections, h11_max_incomplete_event_size=64 * 1024,
+        limit_concurrency=serve.max_connections,  # h11's 16 KB bound on request line + headers stays
     )
 
 
@@ -653,8 +653,6 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 def _default_loader(spec: str, settings: Settings) -> Any:
     """`predict.load_chapterer`; a local folder given as the model must hold safetensors only (registry
     versions are checked by `registry.fetch_adapter`)."""
-    from pathlib import Path
-
     from chaptering.predict import load_chapterer
 
     path = Path(spec)
