@@ -74,6 +74,9 @@ class TextModel(BaseModel):
     @field_validator("*", mode="after")
     @classmethod
     def _valid_text(cls, value: Any) -> Any:
+        if value is None or isinstance(value, (int, float)) or (type(value) is str and value.isascii()
+                                                               and "\x00" not in value):
+            return value  # the common cases first: this runs for every field of every record
         return _check_nested(value)
 
 
