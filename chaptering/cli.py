@@ -215,17 +215,17 @@ def serve(
                                        "models:/NAME/VER | PATH | baseline:NAME (pinned)")] = "champion",
     set: SetOpt = None,
 ) -> None:
-    """Serve /v1/chapters, /v1/feedback, /v1/model and /healthz (FastAPI on uvicorn)."""
+    """Serve /v1/chapters, /v1/feedback, /v1/model and /healthz (FastAPI on uvicorn, with the serve.*
+    header timeout, keep-alive timeout and connection cap)."""
     import logging
 
-    import uvicorn
-
-    from chaptering.serve import create_app
+    from chaptering import serve as serving
 
     settings = _settings(set)
+    if settings.serve.require_token and not settings.serve.token:  # create_app refuses too; say it plainly
+        _fail("serve.require_token is set but serve.token is empty: set CHAPTERING_SERVE__TOKEN")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    uvicorn.run(create_app(settings, model_spec=model), host=host or settings.serve.host,
-                port=port if port is not None else settings.serve.port, log_level="info")
+    serving.run_server(settings, host=host, port=port, model_spec=model)
 
 
 def main() -> None:  # pragma: no cover

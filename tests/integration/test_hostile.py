@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -140,6 +142,88 @@ def test_slow_clients_are_cut_off(live: tuple[Settings, int]) -> None:
         assert r.status_code == 200, r.text
     for sock in [*silent, *half_headers, *half_bodies, trickle]:
         sock.close()
+
+
+CLI_HEADER_TIMEOUT_S = 1.5  # serve.header_timeout_s of the `chaptering serve` process below
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def cli_server(tmp_path: Path, *sets: str) -> Iterator[int]:
+    """The real `chaptering serve --model baseline:equal` in a child process on a free loopback port, with a
+    scratch state folder and none of the caller's CHAPTERING_* variables; yields the port once /healthz
+    answers."""
+    empty = tmp_path / "no-inputs"
+    empty.mkdir(exist_ok=True)
+    port = _free_port()
+    cmd = [str(Path(sys.executable).parent / "chaptering"), "serve", "--host", "127.0.0.1",
+           "--port", str(port), "--model", "baseline:equal"]
+    for item in (f"state_dir={tmp_path / 'state'}", f"data.inputs=[{empty}]", "serve.poll_seconds=0", *sets):
+        cmd += ["--set", item]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAPTERING_")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"chaptering serve exited with {proc.returncode}: "
+                                     f"{log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"chaptering serve not ready in 120 s: {log_path.read_text()[-2000:]}")
+            time.sleep(0.25)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_cli_serve_cuts_slow_headers(tmp_path: Path) -> None:
+    """Issue 20 #4 from the command line: `chaptering serve` used `uvicorn.run`, which has no header
+    deadline, so a client that sent half its headers held the connection for ever (the soak reported
+    "slow headers: still open"). Now the CLI runs `serve.run_server`: the connection is closed after
+    serve.header_timeout_s, without an answer, and the server keeps serving."""
+    with cli_server(tmp_path, f"serve.header_timeout_s={CLI_HEADER_TIMEOUT_S}") as port:
+        half = _connect(port)
+        t0 = time.monotonic()
+        half.sendall(b"POST /v1/chapters HTTP/1.1\r\nHost: x\r\n")  # ... and then silence
+        data, _ = _read_until_closed(half, CLI_HEADER_TIMEOUT_S + 10)
+        waited = time.monotonic() - t0
+        half.close()
+        assert data == b""
+        assert CLI_HEADER_TIMEOUT_S - 0.2 <= waited <= CLI_HEADER_TIMEOUT_S + 5, waited
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chapters", timeout=30,
+                       json=make_transcript(n=12, chapters=(0, 6)).model_dump(mode="json"))
+        assert r.status_code == 200, r.text
+
+
+def test_cli_serve_refuses_to_start_without_a_required_token(tmp_path: Path) -> None:
+    """configs/production.yaml sets serve.require_token: `chaptering serve` without a token exits 2 with
+    the reason, before it binds a port."""
+    from typer.testing import CliRunner
+
+    from chaptering.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--model", "baseline:equal", "--set", f"state_dir={tmp_path}",
+                                      "--set", "serve.require_token=true", "--set", "serve.token=null"])
+    assert result.exit_code == 2, result.output
+    assert "CHAPTERING_SERVE__TOKEN" in result.output
 
 
 # ------------------------------------------------------------------------------------- hostile replay
