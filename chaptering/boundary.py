@@ -1,0 +1,168 @@
+"""The boundary model: P(a chapter starts at this line) from cues.py's features, by gradient-boosted trees.
+
+Trained with a classification loss on the labelled starts of the training corpus; each source weighs
+the same in total whatever its size (one QMSum meeting has as many lines as 200 short videos), so the
+trees learn short videos, talks and meetings alike. The threshold that turns scores into chapters is
+fitted on a validation split the trees never saw (decode.calibrate_threshold).
+
+Saved as LightGBM's text model plus a JSON card (features, decoder settings, metrics): no pickle, so
+a registered model can be loaded from anywhere without running code from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chaptering.cues import FEATURES, start_labels, transcript_features
+from chaptering.decode import DecoderSettings, calibrate_threshold, decode
+from chaptering.schema import Transcript
+
+MODEL_FILE = "boundary.lgb.txt"
+CARD_FILE = "boundary.json"
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    "objective": "binary",
+    "learning_rate": 0.05,
+    "num_leaves": 31,
+    "min_data_in_leaf": 40,
+    "feature_fraction": 0.8,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+    "verbosity": -1,
+    "num_threads": 2,
+    "seed": 0,
+}
+
+
+def is_validation(transcript_id: str, share: float) -> bool:
+    """Stable split by id hash: the same transcript is on the same side every night."""
+    h = int.from_bytes(hashlib.sha256(transcript_id.encode()).digest()[:4], "big")
+    return h / 2**32 < share
+
+
+@dataclass
+class BoundaryModel:
+    """A fitted booster and the decoder settings calibrated for it."""
+
+    booster: Any
+    decoder: DecoderSettings = field(default_factory=DecoderSettings)
+    card: dict[str, Any] = field(default_factory=dict)
+
+    def scores(self, transcript: Transcript, cache_dir: Path | None = None) -> list[float]:
+        """P(start) per line; line 0 is 1.0 (a chapter always starts there)."""
+        if len(transcript.segments) < 2:
+            return [1.0] * len(transcript.segments)
+        x = transcript_features(transcript, cache_dir)
+        p = [float(v) for v in self.booster.predict(x)]
+        p[0] = 1.0
+        return p
+
+    def starts(self, transcript: Transcript, cache_dir: Path | None = None) -> tuple[list[int], list[float]]:
+        scores = self.scores(transcript, cache_dir)
+        return decode(scores, transcript, self.decoder), scores
+
+    def save(self, out_dir: Path) -> Path:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.booster.save_model(str(out_dir / MODEL_FILE))
+        card = {**self.card, "features": FEATURES, "decoder": self.decoder.to_dict()}
+        (out_dir / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
+        return out_dir
+
+    @classmethod
+    def load(cls, folder: Path) -> BoundaryModel:
+        import lightgbm as lgb
+
+        folder = Path(folder)
+        card = json.loads((folder / CARD_FILE).read_text())
+        if card.get("features") != FEATURES:
+            raise ValueError(f"{folder}: boundary model was trained on other features than cues.FEATURES; retrain it")
+        booster = lgb.Booster(model_file=str(folder / MODEL_FILE))
+        return cls(booster=booster, decoder=DecoderSettings(**card["decoder"]), card=card)
+
+
+def is_boundary_model(folder: Path) -> bool:
+    return (Path(folder) / MODEL_FILE).is_file() and (Path(folder) / CARD_FILE).is_file()
+
+
+def _matrix(transcripts: Sequence[Transcript], cache_dir: Path | None, progress: bool) -> tuple[Any, Any, Any]:
+    """Stacked features, labels and per-line weights (each source sums to the same weight)."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    xs, ys, srcs = [], [], []
+    for t in tqdm(transcripts, desc="boundary features", unit="transcript", disable=not progress):
+        if len(t.segments) < 2 or not t.chapters:
+            continue
+        xs.append(transcript_features(t, cache_dir))
+        ys.append(np.array(start_labels(t), dtype=np.float32))
+        srcs.append(np.full(len(t.segments), t.source, dtype=object))
+    x, y, src = np.vstack(xs), np.concatenate(ys), np.concatenate(srcs)
+    w = np.ones(len(y))
+    for s in set(src):
+        mask = src == s
+        w[mask] = len(y) / (len(set(src)) * mask.sum())
+    return x, y, w
+
+
+def fit(
+    transcripts: Sequence[Transcript],
+    cache_dir: Path | None = None,
+    rounds: int = 300,
+    val_share: float = 0.2,
+    decoder: DecoderSettings | None = None,
+    params: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> BoundaryModel:
+    """Train on the non-validation transcripts, calibrate the threshold on the validation ones.
+
+    The booster stops early on the validation loss (at most `rounds` trees); the log of both losses
+    goes on the card, which is what the "its loss falls" test reads.
+    """
+    import lightgbm as lgb
+
+    t0 = time.perf_counter()
+    labelled = [t for t in transcripts if t.chapters and len(t.segments) >= 2]
+    train = [t for t in labelled if not is_validation(t.id, val_share)]
+    val = [t for t in labelled if is_validation(t.id, val_share)] or train
+    x, y, w = _matrix(train, cache_dir, progress)
+    xv, yv, wv = _matrix(val, cache_dir, progress)
+    evals: dict[str, Any] = {}
+    booster = lgb.train(
+        {**DEFAULT_PARAMS, **(params or {})},
+        lgb.Dataset(x, y, weight=w, feature_name=FEATURES, free_raw_data=False),
+        num_boost_round=rounds,
+        valid_sets=[lgb.Dataset(x, y, weight=w), lgb.Dataset(xv, yv, weight=wv)],
+        valid_names=["train", "val"],
+        callbacks=[lgb.record_evaluation(evals), lgb.early_stopping(40, verbose=False)],
+    )
+    fitted = time.perf_counter() - t0
+    model = BoundaryModel(booster=booster, decoder=decoder or DecoderSettings())
+    scored = [(model.scores(t, cache_dir), t) for t in val]
+    threshold, val_f1 = calibrate_threshold(scored, model.decoder)
+    from dataclasses import replace
+
+    model.decoder = replace(model.decoder, threshold=threshold)
+    model.card = {
+        "kind": "lightgbm",
+        "rounds": booster.best_iteration or booster.current_iteration(),
+        "train_transcripts": len(train),
+        "val_transcripts": len(val),
+        "train_lines": len(y),
+        "positives": int(y.sum()),
+        "val_primary_f1": round(val_f1, 4),
+        "train_loss": [round(v, 5) for v in evals["train"]["binary_logloss"]],
+        "val_loss": [round(v, 5) for v in evals["val"]["binary_logloss"]],
+        "seconds": round(time.perf_counter() - t0, 1),
+        "fit_seconds": round(fitted, 1),
+        "importance": dict(sorted(zip(FEATURES, [float(v) for v in booster.feature_importance("gain")]),
+                                  key=lambda kv: -kv[1])[:15]),
+    }
+    return model

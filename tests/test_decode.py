@@ -1,0 +1,58 @@
+"""Decoding start scores into chapters: threshold, non-maximum suppression, minimum length, count."""
+
+from chaptering.decode import DecoderSettings, calibrate_threshold, decode, primary_f1
+from chaptering.schema import Chapter, Segment, Transcript
+
+
+def _timed(n: int, step: float = 4.0, chapters: list[int] | None = None) -> Transcript:
+    segs = [Segment(text=f"line {i}", start=i * step, end=(i + 1) * step) for i in range(n)]
+    chs = [Chapter(title=f"c{i}", start_segment=s) for i, s in enumerate(chapters or [0])]
+    return Transcript(id="t", source="test", segments=segs, chapters=chs)
+
+
+def test_threshold_decides_the_count():
+    t = _timed(30)
+    scores = [1.0] + [0.0] * 29
+    scores[10], scores[20] = 0.9, 0.8
+    assert decode(scores, t, DecoderSettings(threshold=0.5, min_chapters=1)) == [0, 10, 20]
+    assert decode(scores, t, DecoderSettings(threshold=0.85, min_chapters=1)) == [0, 10]
+
+
+def test_nms_keeps_the_peak_and_suppresses_neighbours_within_the_minimum_gap():
+    t = _timed(30)  # 4 s a line: 10 s is 2.5 lines
+    scores = [1.0] + [0.0] * 29
+    scores[10], scores[11], scores[12], scores[13] = 0.9, 0.8, 0.85, 0.7
+    assert decode(scores, t, DecoderSettings(threshold=0.5, min_chapters=1)) == [0, 10, 13]
+
+
+def test_no_chapter_shorter_than_the_minimum_at_either_end():
+    t = _timed(30)
+    scores = [1.0] + [0.0] * 29
+    scores[1], scores[29] = 0.99, 0.99  # 4 s after the start, 4 s before the end
+    assert decode(scores, t, DecoderSettings(threshold=0.5, min_chapters=1)) == [0]
+
+
+def test_long_video_gets_at_least_three_chapters_short_one_does_not():
+    long = _timed(30)
+    scores = [1.0] + [0.01 * i for i in range(1, 30)]
+    got = decode(scores, long, DecoderSettings(threshold=0.9, min_chapters=3))
+    assert len(got) == 3
+    short = _timed(6, step=4.0)  # 24 s: no room for 3 chapters of 10 s
+    assert decode([1.0] + [0.1] * 5, short, DecoderSettings(threshold=0.9)) == [0]
+
+
+def test_untimed_gap_is_in_lines():
+    segs = [Segment(text=f"turn {i}") for i in range(40)]
+    t = Transcript(id="m", source="meet", segments=segs, chapters=[Chapter(title="a", start_segment=0)])
+    scores = [1.0] + [0.0] * 39
+    scores[10], scores[12], scores[20] = 0.9, 0.8, 0.7
+    assert decode(scores, t, DecoderSettings(threshold=0.5, min_gap_lines=5, min_chapters=1)) == [0, 10, 20]
+
+
+def test_calibration_picks_a_threshold_that_recovers_the_reference():
+    t = _timed(40, chapters=[0, 10, 25])
+    scores = [1.0] + [0.05] * 39
+    scores[10], scores[25], scores[33] = 0.6, 0.55, 0.3
+    th, f1 = calibrate_threshold([(scores, t)], DecoderSettings(min_chapters=1))
+    assert 0.3 < th <= 0.55 and f1 == 1.0
+    assert primary_f1(t, decode(scores, t, DecoderSettings(threshold=th, min_chapters=1))) == 1.0
