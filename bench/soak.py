@@ -4,7 +4,7 @@
 
 Starts `chaptering serve` on a free 127.0.0.1 port with a scratch state folder (its own feedback store,
 a bearer token; `--launcher run_server` starts `chaptering.serve.run_server` instead, which adds the
-header timeout and connection cap that `uvicorn.run` cannot), then for `--duration` seconds (at most `--max-requests` requests) sends, from a few
+header timeout and connection cap that `uvicorn.run` cannot; `chaptering serve` uses it too), then for `--duration` seconds (at most `--max-requests` requests) sends, from a few
 threads:
 - valid transcripts to /v1/chapters and valid feedback on their predictions, each feedback with an
   idempotency key, one in ten sent twice (a client retry);
