@@ -40,7 +40,6 @@ CUE_FAMILIES: dict[str, tuple[str, ...]] = {
                  "do you", "does ", "is there", "are there"),
 }
 _FILLER = re.compile(r"^(?:(?:um|uh|uhm|erm|er|hmm|mm|oh|ah|and|but)\b[\s,.]*)+", re.IGNORECASE)
-_TAGS = re.compile(r"\{[^}]*\}")
 
 FEATURES: list[str] = (
     ["pause", "pause_rel", "pause_next", "dur", "words", "words_prev", "rate", "pos_line", "pos_time",
@@ -53,8 +52,10 @@ FEATURES: list[str] = (
 
 
 def clean_line(text: str) -> str:
-    """Plain text of a line: ASR tags out, single spaces."""
-    return " ".join(_TAGS.sub(" ", text).split())
+    """Plain text of a line: ASR tags out, single spaces (the baselines' cleaning, so both read the same)."""
+    from chaptering.baselines import _clean
+
+    return _clean(text)
 
 
 def cue_flags(text: str) -> dict[str, float]:
