@@ -1,9 +1,9 @@
 """The boundary model: P(a chapter starts at this line) from cues.py's features, by gradient-boosted trees.
 
-Trained with a classification loss on the labelled starts of the training corpus; each source weighs
-the same in total whatever its size (one QMSum meeting has as many lines as 200 short videos), so the
+Trained with a classification loss on the labelled starts of the training corpus; each source family
+(qmsum, rawkode-academy, ..., and users' corrections as `feedback`) weighs the same in total whatever its size (one QMSum meeting has as many lines as 200 short videos), so the
 trees learn short videos, talks and meetings alike. The threshold that turns scores into chapters is
-fitted on a validation split the trees never saw (decode.calibrate_threshold).
+fitted on a validation split the trees never saw (decode.calibrate).
 
 Saved as LightGBM's text model plus a JSON card (features, decoder settings, metrics): no pickle, so
 a registered model can be loaded from anywhere without running code from it.
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from chaptering.cues import FEATURES, start_labels, transcript_features
-from chaptering.decode import DecoderSettings, calibrate_threshold, decode
+from chaptering.decode import DecoderSettings, calibrate, decode, source_family
 from chaptering.schema import Transcript
 
 MODEL_FILE = "boundary.lgb.txt"
@@ -42,8 +42,9 @@ DEFAULT_PARAMS: dict[str, Any] = {
 
 
 def is_validation(transcript_id: str, share: float) -> bool:
-    """Stable split by id hash: the same transcript is on the same side every night."""
-    h = int.from_bytes(hashlib.sha256(transcript_id.encode()).digest()[:4], "big")
+    """Stable split by id hash: the same transcript is on the same side every night. Salted: the held-out
+    set is also chosen by hashed id, and unsalted the two would draw from the same end."""
+    h = int.from_bytes(hashlib.sha256(f"boundary-val:{transcript_id}".encode()).digest()[:4], "big")
     return h / 2**32 < share
 
 
@@ -103,7 +104,7 @@ def _matrix(transcripts: Sequence[Transcript], cache_dir: Path | None, progress:
             continue
         xs.append(transcript_features(t, cache_dir))
         ys.append(np.array(start_labels(t), dtype=np.float32))
-        srcs.append(np.full(len(t.segments), t.source, dtype=object))
+        srcs.append(np.full(len(t.segments), source_family(t), dtype=object))
     x, y, src = np.vstack(xs), np.concatenate(ys), np.concatenate(srcs)
     w = np.ones(len(y))
     for s in set(src):
@@ -146,10 +147,7 @@ def fit(
     fitted = time.perf_counter() - t0
     model = BoundaryModel(booster=booster, decoder=decoder or DecoderSettings())
     scored = [(model.scores(t, cache_dir), t) for t in val]
-    threshold, val_f1 = calibrate_threshold(scored, model.decoder)
-    from dataclasses import replace
-
-    model.decoder = replace(model.decoder, threshold=threshold)
+    model.decoder, val_f1 = calibrate(scored, model.decoder)
     model.card = {
         "kind": "lightgbm",
         "rounds": booster.best_iteration or booster.current_iteration(),

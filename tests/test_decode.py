@@ -56,3 +56,52 @@ def test_calibration_picks_a_threshold_that_recovers_the_reference():
     th, f1 = calibrate_threshold([(scores, t)], DecoderSettings(min_chapters=1))
     assert 0.3 < th <= 0.55 and f1 == 1.0
     assert primary_f1(t, decode(scores, t, DecoderSettings(threshold=th, min_chapters=1))) == 1.0
+
+
+def test_long_transcripts_use_their_own_threshold():
+    t = _timed(200, step=10.0)
+    scores = [1.0] + [0.0] * 199
+    scores[50], scores[100], scores[150] = 0.9, 0.3, 0.25
+    s = DecoderSettings(threshold=0.2, threshold_long=0.5, long_lines=150, min_chapters=1)
+    assert decode(scores, t, s) == [0, 50]
+    assert decode(scores, t, DecoderSettings(threshold=0.2, threshold_long=0.5, long_lines=300, min_chapters=1)) \
+        == [0, 50, 100, 150]
+
+
+def test_count_mode_takes_as_many_chapters_as_the_scores_expect():
+    t = _timed(100, step=10.0)
+    scores = [1.0] + [0.01] * 99  # sum 0.99 + peaks
+    scores[20], scores[40], scores[60], scores[80] = 0.5, 0.45, 0.4, 0.3
+    total = sum(scores[1:])  # ~2.6: expect 3 cuts
+    got = decode(scores, t, DecoderSettings(count_scale=1.0, min_chapters=1))
+    assert len(got) == 1 + round(total) and got == [0, 20, 40, 60]
+
+
+def test_calibration_fits_short_and_long_transcripts_apart():
+    from chaptering.decode import calibrate
+
+    short = _timed(40, chapters=[0, 10, 25])
+    s_scores = [1.0] + [0.05] * 39
+    s_scores[10], s_scores[25], s_scores[33] = 0.6, 0.55, 0.3
+    long = _timed(200, step=10.0, chapters=[0, 100])
+    l_scores = [1.0] + [0.05] * 199
+    l_scores[100], l_scores[50] = 0.2, 0.12
+    long = long.model_copy(update={"source": "long"})
+    tuned, f1 = calibrate([(s_scores, short), (l_scores, long)], DecoderSettings(min_chapters=1, long_lines=150))
+    assert f1 == 1.0
+    assert primary_f1(short, decode(s_scores, short, tuned)) == 1.0
+    assert primary_f1(long, decode(l_scores, long, tuned)) == 1.0
+
+
+def test_calibration_does_not_buy_f1_with_dozens_of_chapters():
+    from chaptering.decode import calibrate
+
+    t = _timed(200, step=4.0, chapters=[0, 100])
+    scores = [1.0] + [0.0] * 199
+    for i in range(4, 196, 6):  # noise every 24 s; the true start scores lowest of all cuts
+        scores[i] = 0.3
+    scores[100] = 0.1
+    loose = decode(scores, t, DecoderSettings(threshold=0.1, min_chapters=1))
+    assert primary_f1(t, loose) > 0 and len(loose) > 20  # what F1 alone would pick
+    tuned, _ = calibrate([(scores, t)], DecoderSettings(min_chapters=1), max_count_ratio=2.0)
+    assert len(decode(scores, t, tuned)) <= 4
