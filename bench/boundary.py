@@ -1,5 +1,10 @@
-"""Boundary model (issue 16, option c): train on all shared labelled data minus the held-out set, then
-primary F1 per domain on the held-out set (decoder only, no titles). Usage: python bench/boundary.py [JSON fit kwargs]
+"""Boundary model (issue 16): train on all labelled data in ../shared/data minus the held-out set, then
+score it on held-out v2 with the full yardstick (keyword titles: this measures the boundaries) and run
+the promotion gate against the embedding baseline's report from bench/quality.py.
+
+Usage: python bench/boundary.py [JSON fit kwargs, e.g. '{"rounds": 600}']
+The first run embeds ~146k lines with MiniLM (~12-18 min on 2 cores, cached in state/cache); later runs
+take under a minute. Writes the model to state/boundary-bench and the report to bench/results/boundary/.
 """
 import json
 import sys
@@ -8,31 +13,52 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import numpy as np
 
 from chaptering import boundary
-from chaptering.decode import primary_f1
+from chaptering.boundary_chapterer import BoundaryChapterer
+from chaptering.config import GateSettings
+from chaptering.evaluate import DOMAIN_ORDER, Report, evaluate, write_report
+from chaptering.gate import gate
+from chaptering.heldout import load_heldout
 from chaptering.io import read_transcripts
-from chaptering.metrics import domain_of
 
 CACHE = ROOT / "state" / "cache"
-held = read_transcripts(ROOT / "data" / "eval" / "heldout.jsonl")
+SHARED = ROOT.parent / "shared" / "data"
+FILES = ["qmsum/qmsum-train.jsonl", "video/rawkode.jsonl", "video/lectures.jsonl", "video/tinyrec-dev.jsonl",
+         "video/vidchapters-short.jsonl"]
+EMBEDDING = ROOT / "bench" / "results" / "quality" / "baseline-embedding" / "report.json"
+
+held = load_heldout(ROOT / "data" / "eval" / "heldout.jsonl")
 hid = {t.id for t in held}
-train = []
-for f in ["qmsum/qmsum-train.jsonl", "video/rawkode.jsonl", "video/lectures.jsonl", "video/tinyrec-dev.jsonl", "video/vidchapters-short.jsonl"]:
-    train += [t for t in read_transcripts(ROOT.parent / "shared" / "data" / f) if t.id not in hid]
+train = [t for f in FILES for t in read_transcripts(SHARED / f) if t.id not in hid]
 print(len(train), "train transcripts", flush=True)
 t0 = time.time()
 params = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
 m = boundary.fit(train, cache_dir=CACHE, **params)
-print("fit", time.time() - t0, {k: v for k, v in m.card.items() if "loss" not in k}, m.decoder, flush=True)
-print("loss first/last", m.card["train_loss"][0], m.card["train_loss"][-1], m.card["val_loss"][0], m.card["val_loss"][-1])
-per = {}
-for t in held:
-    st, sc = m.starts(t, CACHE)
-    per.setdefault(domain_of(t), []).append((primary_f1(t, st), len(st), len(t.chapters)))
-for d, v in per.items():
-    a = np.array(v)
-    print(d, f"F1 {a[:, 0].mean():.3f}  n_hyp {a[:, 1].mean():.1f} n_ref {a[:, 2].mean():.1f}")
-print(f"headline {np.mean([np.mean([x[0] for x in v]) for v in per.values()]):.3f}")
+card = {k: v for k, v in m.card.items() if "loss" not in k and k != "importance"}
+print(f"fit {time.time() - t0:.0f} s", card, m.decoder, flush=True)
+print("top features", list(m.card["importance"])[:8])
 m.save(ROOT / "state" / "boundary-bench")
+
+t0 = time.time()
+report, predictions = evaluate(BoundaryChapterer(m, None, "boundary-bench", CACHE), held, data_name="heldout v2",
+                               progress=False)
+print(f"evaluated {len(held)} held-out transcripts in {time.time() - t0:.0f} s")
+write_report(report, predictions, held, ROOT / "bench" / "results" / "boundary")
+ref = Report.from_json(EMBEDDING.read_text()) if EMBEDDING.is_file() else None
+print(f"headline {report.metric('headline'):.3f}" + (f"  (embedding baseline {ref.metric('headline'):.3f})" if ref else ""))
+for d in DOMAIN_ORDER:
+    if report.domain_metric(d, "f1") is None:
+        continue
+    line = (f"  {d:9s} F1 {report.domain_metric(d, 'f1'):.3f}  Pk {report.domain_metric(d, 'pk'):.3f}  "
+            f"B {report.domain_metric(d, 'boundary_similarity'):.3f}  |dn| {report.domain_metric(d, 'abs_count_error'):.1f}")
+    if ref is not None:
+        line += (f"   | embedding F1 {ref.domain_metric(d, 'f1'):.3f}  Pk {ref.domain_metric(d, 'pk'):.3f}  "
+                 f"B {ref.domain_metric(d, 'boundary_similarity'):.3f}")
+    print(line)
+if ref is not None:
+    verdict = gate(report, None, [ref], GateSettings())
+    print("gate vs embedding:", "PROMOTE" if verdict.promote else "refuse")
+    for r in verdict.reasons:
+        if r.startswith("FAIL") or "headline" in r:
+            print("  ", r)

@@ -26,7 +26,7 @@ from chaptering.evaluate import (
     write_report,
 )
 from chaptering.heldout import load_heldout
-from chaptering.predict import load_chapterer
+from chaptering.factory import load_chapterer
 
 DEFAULT = ["baseline:random", "baseline:single", "baseline:equal", "baseline:equal-oracle", "baseline:texttiling",
            "baseline:embedding", "baseline:seed", "base"]

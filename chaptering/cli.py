@@ -45,7 +45,8 @@ def predict(
 ) -> None:
     """Predict chapters for every transcript in INPUT."""
     from chaptering.io import InputError, read_transcripts, write_jsonl
-    from chaptering.predict import load_chapterer, predict_all
+    from chaptering.factory import load_chapterer
+    from chaptering.predict import predict_all
 
     settings = _settings(set)
     try:
@@ -80,7 +81,7 @@ def evaluate(
     from chaptering.evaluate import evaluate as run_eval
     from chaptering.evaluate import full_markdown, plot_compare, write_report
     from chaptering.io import InputError, read_transcripts
-    from chaptering.predict import load_chapterer
+    from chaptering.factory import load_chapterer
 
     settings = _settings(set)
     specs = (model or []) + (compare or []) or ["base"]

@@ -6,19 +6,19 @@ within the transcript), discourse cue phrases ("so, next", "let's move on", "wel
 change, position in the transcript, and its size and pace. Untimed transcripts (meetings) leave the time
 cues NaN, which the gradient-boosted trees of boundary.py treat as missing, not as zero.
 
-Embeddings are the expensive part (~1 ms a line on this CPU), so `line_embeddings` keeps them in an
-on-disk cache keyed by the text; nightly runs only embed lines they have not seen.
+Embeddings come from embeddings.py, cached on disk per transcript text: nightly runs only embed lines
+they have not seen.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from chaptering.embeddings import clean_line, gap_similarity, line_embeddings
 from chaptering.schema import Transcript
 
 SCALES = (1, 3, 6, 12)  # lines either side for the similarity across a gap
@@ -51,61 +51,10 @@ FEATURES: list[str] = (
 )
 
 
-def clean_line(text: str) -> str:
-    """Plain text of a line: ASR tags out, single spaces (the baselines' cleaning, so both read the same)."""
-    from chaptering.baselines import _clean
-
-    return _clean(text)
-
-
 def cue_flags(text: str) -> dict[str, float]:
     """1.0 per cue family whose phrase opens the line (after leading fillers)."""
     head = _FILLER.sub("", clean_line(text).lower())[:40] + " "
     return {f"cue_{k}": float(any(head.startswith(p) for p in ps)) for k, ps in CUE_FAMILIES.items()}
-
-
-def _text_key(text: str) -> str:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
-
-
-def line_embeddings(transcript: Transcript, cache_dir: Path | None = None) -> Any:
-    """(n_lines, 384) unit MiniLM embeddings; empty lines get zeros. Cached per transcript content."""
-    import numpy as np
-
-    from chaptering.baselines import embed
-
-    texts = [clean_line(s.text) for s in transcript.segments]
-    path = None
-    if cache_dir is not None:
-        key = _text_key("\n".join(texts))
-        path = Path(cache_dir) / "embeddings" / f"{key}.npy"
-        if path.is_file():
-            return np.load(path)
-    emb = embed([t or "." for t in texts])
-    emb[[i for i, t in enumerate(texts) if not t]] = 0.0
-    emb = emb.astype(np.float16)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, emb)
-        tmp.replace(path)
-    return emb
-
-
-def _gap_similarity(emb: Any, w: int) -> Any:
-    """sim[i] = cosine(mean of the w lines before i, mean of the w lines from i); sim[0] = 1."""
-    import numpy as np
-
-    n = emb.shape[0]
-    cum = np.vstack([np.zeros((1, emb.shape[1])), np.cumsum(emb.astype(np.float64), axis=0)])
-    idx = np.arange(n)
-    left = cum[idx] - cum[np.maximum(0, idx - w)]
-    right = cum[np.minimum(n, idx + w)] - cum[idx]
-    num = (left * right).sum(1)
-    den = np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1)
-    sim = np.where(den > 0, num / np.maximum(den, 1e-12), 1.0)
-    sim[0] = 1.0
-    return sim
 
 
 def _depth(sim: Any) -> Any:
@@ -201,7 +150,7 @@ def line_features(transcript: Transcript, emb: Any) -> Any:
     for k in CUE_FAMILIES:
         cols[f"cue_{k}"] = np.array([f[f"cue_{k}"] for f in flags])
     for w in SCALES:
-        sim = _gap_similarity(emb, w)
+        sim = gap_similarity(emb, w)
         depth = _depth(sim)
         for kind, x in (("sim", sim), ("depth", depth)):
             cols[f"{kind}_{w}"] = x

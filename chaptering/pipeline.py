@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from chaptering.config import Settings
 from chaptering.io import Rejected
@@ -68,7 +69,7 @@ def new_run_dir(settings: Settings) -> Path:
     """A fresh folder for one run, claimed by this process (cleanup.recover marks it if we die)."""
     from chaptering.cleanup import claim
 
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     path = settings.state_dir / "runs" / stamp
     path.mkdir(parents=True, exist_ok=True)
     claim(path)
@@ -174,12 +175,18 @@ def dataset_stage(settings: Settings, run_dir: Path, standalone: bool = False) -
     """
     from chaptering.augment import augment_stream
     from chaptering.curate import split_of
-    from chaptering.datasets import Windowing, dpo_rows_feedback, dpo_rows_synthetic, kto_rows_feedback, save_rows
-    from chaptering.datasets import sft_rows
+    from chaptering.datasets import (
+        Windowing,
+        dpo_rows_feedback,
+        dpo_rows_synthetic,
+        kto_rows_feedback,
+        save_rows,
+        sft_rows,
+    )
     from chaptering.models import load_tokenizer, resolve_base
     from chaptering.prompt import PROMPT_VERSION
-    from chaptering.titles import TITLE_PROMPT_VERSION, title_dpo_rows, title_rows
     from chaptering.schema import FeedbackEvent, Transcript
+    from chaptering.titles import TITLE_PROMPT_VERSION, title_dpo_rows, title_rows
 
     corpus = run_dir if standalone else _corpus(settings)
     sources = list(dict.fromkeys([corpus / "curated.jsonl", run_dir / "curated.jsonl"]))
@@ -395,8 +402,8 @@ def reference_report(spec: str, settings: Settings) -> Any:
     """A fixed model (a baseline, the zero-shot base, a registered version) on the held-out set, cached
     per (model, eval set, prompt, decoding, and for baselines the chapter count they aim for)."""
     from chaptering.evaluate import Report, evaluate, result_key
+    from chaptering.factory import load_chapterer, train_mean_chapters
     from chaptering.heldout import load_heldout
-    from chaptering.predict import load_chapterer, train_mean_chapters
 
     transcripts = load_heldout(settings.data.eval_path)
     aim = f"@{train_mean_chapters(settings):.3f}" if spec.startswith("baseline:") else ""
@@ -434,8 +441,8 @@ def evaluate_stage(settings: Settings, outcome: TrainOutcome, run_dir: Path) -> 
     """Challenger on the held-out set, beside the champion's report; with no champion, beside the
     baselines (and the zero-shot base model when `gate.compare_base`): what a first candidate must beat."""
     from chaptering.evaluate import evaluate, write_report
+    from chaptering.factory import load_chapterer
     from chaptering.heldout import load_heldout
-    from chaptering.predict import load_chapterer
 
     if not outcome.trained:
         return EvalOutcome(None, champion_on_heldout(settings))

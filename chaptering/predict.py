@@ -10,12 +10,11 @@ context, and a forward pass that no deadline can interrupt.
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
 
 from chaptering import prompt
 from chaptering.schema import PredictedChapter, Prediction, Transcript
-
 
 Decoding = Literal["ranked", "tagged", "free"]
 
@@ -229,76 +228,3 @@ def predict_all(chapterer: Any, transcripts: Iterable[Transcript], progress: boo
     items = list(transcripts) if progress else transcripts
     for t in tqdm(items, desc=getattr(chapterer, "name", "predict"), unit="transcript", disable=not progress):
         yield chapterer.predict(t)
-
-
-def load_chapterer(spec: str, settings: Any) -> Any:
-    """`--model` values: base | champion | models:/NAME/VER | PATH | baseline:NAME, where PATH is a
-    chapterer bundle (boundary/ + adapter/), a boundary model, a PEFT adapter or a model folder."""
-    from chaptering.models import load_model, read_adapter_base, resolve_base
-
-    cache = settings.cache_dir
-    llm_kwargs = dict(context_tokens=settings.model.context_tokens, max_new_tokens=settings.model.max_new_tokens,
-                      repetition_penalty=settings.model.repetition_penalty)
-
-    def lines_kwargs(adapter: Path | None = None) -> dict[str, Any]:
-        from chaptering.calibrate import read_threshold
-
-        threshold = settings.model.start_threshold
-        if threshold is None:
-            threshold = read_threshold(adapter) or 0.5
-        return dict(llm_kwargs, decoding=settings.model.decoding, start_threshold=threshold)
-
-    if spec.startswith("baseline:"):
-        name = spec.split(":", 1)[1]
-        if name == "seed":
-            model, tok = load_model(resolve_base(settings.model.base, cache), dtype=settings.model.dtype)
-            return LLMChapterer(model, tok, spec, style="seed", **llm_kwargs)
-        from chaptering.baselines import make_baseline
-
-        return make_baseline(name, train_mean_chapters=train_mean_chapters(settings), seed=settings.seed)
-    if spec == "base":
-        model, tok = load_model(resolve_base(settings.model.base, cache), dtype=settings.model.dtype)
-        return LLMChapterer(model, tok, f"base:{settings.model.base}", **lines_kwargs())
-    if spec == "champion" or spec.startswith("models:/"):
-        from chaptering.boundary_chapterer import is_bundle, load_bundle
-        from chaptering.registry import fetch_model
-
-        adapter, base, name = fetch_model(spec, settings)
-        if is_bundle(adapter):
-            return load_bundle(adapter, name, base, cache, settings.model.dtype)
-        model, tok = load_model(resolve_base(base, cache), adapter=adapter, dtype=settings.model.dtype)
-        return LLMChapterer(model, tok, name, **lines_kwargs(Path(adapter)))
-    path = Path(spec)
-    from chaptering.boundary_chapterer import is_bundle, load_bundle
-    from chaptering.boundary import is_boundary_model
-
-    if is_bundle(path) or is_boundary_model(path):
-        return load_bundle(path, str(path), settings.model.base, cache, settings.model.dtype)
-    if (path / "adapter_config.json").is_file():
-        base = read_adapter_base(path) or settings.model.base
-        if not Path(base).exists():
-            base = settings.model.base  # trained elsewhere: fall back to the configured base
-        model, tok = load_model(resolve_base(base, cache), adapter=path, dtype=settings.model.dtype)
-        return LLMChapterer(model, tok, str(path), **lines_kwargs(path))
-    if (path / "config.json").is_file():
-        model, tok = load_model(str(path), dtype=settings.model.dtype)
-        return LLMChapterer(model, tok, str(path), **lines_kwargs())
-    raise ValueError(
-        f"--model {spec!r}: expected base, champion, models:/NAME/VERSION, baseline:NAME, "
-        "or a folder holding a bundle (boundary/), a boundary model (boundary.json), a model (config.json) "
-        "or a PEFT adapter (adapter_config.json)"
-    )
-
-
-def train_mean_chapters(settings: Any) -> float:
-    """Mean chapter count of the training inputs: what the equal/random floors aim for."""
-    from chaptering.io import iter_transcripts
-
-    counts = [
-        len(t.chapters)
-        for root in settings.data.inputs
-        for f in sorted(Path(root).glob("*.jsonl")) if Path(root).is_dir()
-        for t in iter_transcripts(f, rejected=[])
-        if t.chapters
-    ]
-    return sum(counts) / len(counts) if counts else 5.0

@@ -1,10 +1,11 @@
-"""MLflow: log a trained adapter as a model, register it, gate it, move the `champion` alias, roll back.
+"""MLflow: log a trained bundle (boundary model + title adapter) or adapter as one model, register it,
+gate it, move the `champion` alias, roll back.
 
 The serving side only ever asks for `models:/<name>@champion`, so every decision about what users see is
 one alias move here, recorded as tags on the version it concerns (who, why, when, what it replaced).
 
-Adapters are logged through `mlflow.pyfunc` (a `PythonModel` with the adapter folder as an artifact and
-the base model as a reference), never `mlflow.transformers`: on a PeftModel the latter loses every base
+Bundles and adapters are logged through `mlflow.pyfunc` (a `PythonModel` with the folder as an artifact
+and the base model as a reference), never `mlflow.transformers`: on a PeftModel the latter loses every base
 weight on reload (DESIGN.md, "Known pitfalls"). mlflow is imported inside functions so that the CLI and
 the light tests start fast.
 """
@@ -340,7 +341,7 @@ def log_candidate(
     settings: Settings,
     run_id: str | None = None,
 ) -> Candidate:
-    """Log the adapter as a pyfunc model in the training run (or a new run), register it, tag the version
+    """Log the bundle or adapter (`adapter_dir`) as a pyfunc model in the training run (or a new run), register it, tag the version
     with everything needed to reproduce and compare it, and give it the `challenger` alias.
 
     `champion` is not touched here: that is `decide_and_promote`'s job, after the gate.

@@ -651,9 +651,9 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
 def _default_loader(spec: str, settings: Settings) -> Any:
-    """`predict.load_chapterer`; a local folder given as the model must hold safetensors only (registry
+    """`factory.load_chapterer`; a local folder given as the model must hold safetensors only (registry
     versions are checked by `registry.fetch_model`)."""
-    from chaptering.predict import load_chapterer
+    from chaptering.factory import load_chapterer
 
     path = Path(spec)
     if path.is_dir():
@@ -744,7 +744,7 @@ def _openapi_chapters_body() -> dict[str, Any]:
 
 def create_app(settings: Settings, chapterer_loader: Loader | None = None, model_spec: str = "champion") -> FastAPI:
     """The service over `settings`. `model_spec` other than `champion` pins one model (no polling);
-    `chapterer_loader(spec, settings)` replaces `predict.load_chapterer` (tests)."""
+    `chapterer_loader(spec, settings)` replaces `factory.load_chapterer` (tests)."""
     from chaptering.feedback import FeedbackStore, IdempotencyConflict, InvalidFeedback, UnknownPrediction
 
     serve = settings.serve

@@ -189,9 +189,9 @@ def test_mean_chapters() -> None:
 
 
 def test_embedding_short_transcript_needs_no_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    import chaptering.baselines as b
+    import chaptering.embeddings as e
 
-    monkeypatch.setattr(b, "embed", lambda *a, **k: pytest.fail("model loaded for a 3-segment transcript"))
+    monkeypatch.setattr(e, "embed", lambda *a, **k: pytest.fail("model loaded for a 3-segment transcript"))
     t = Transcript(id="s", segments=[Segment(text=x) for x in ("One.", "Two.", "Three.")])
     pred = EmbeddingChapterer(n_chapters=5).predict(t)
     assert_valid(pred, t, "baseline:embedding")
@@ -202,12 +202,12 @@ def test_embedding_valleys_with_fake_encoder(monkeypatch: pytest.MonkeyPatch) ->
     """Cut selection alone: one-hot topic vectors put the deepest valley exactly at the switch."""
     import numpy as np
 
-    import chaptering.baselines as b
+    import chaptering.embeddings as e
 
     def fake_embed(texts: list[str], **_: object) -> np.ndarray:
         return np.array([[1.0, 0.0] if i < SWITCH else [0.0, 1.0] for i in range(len(texts))], dtype=np.float32)
 
-    monkeypatch.setattr(b, "embed", fake_embed)
+    monkeypatch.setattr(e, "embed", fake_embed)
     t = two_topics()
     assert EmbeddingChapterer(n_chapters=2).predict(t).boundaries == [0, SWITCH]
     starts = EmbeddingChapterer(n_chapters=6, min_len=3).predict(t).boundaries
@@ -231,7 +231,7 @@ def test_embedding_finds_topic_switch() -> None:
 @pytest.mark.embedding
 def test_embedding_matches_sentence_transformers_semantics() -> None:
     """Unit-norm vectors, paraphrases closer than unrelated sentences: mean pooling is wired right."""
-    from chaptering.baselines import embed
+    from chaptering.embeddings import embed
 
     v = embed(["How do I fix a flat bicycle tire?", "Repairing a punctured bike tyre.",
                "Boil the spaghetti in salted water.", ""])

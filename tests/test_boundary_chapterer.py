@@ -13,8 +13,8 @@ from factories import make_transcript
 from chaptering import boundary, registry
 from chaptering.boundary_chapterer import BoundaryChapterer, is_bundle, write_bundle
 from chaptering.config import ModelSettings, Settings
+from chaptering.factory import load_chapterer
 from chaptering.io import read_transcripts
-from chaptering.predict import load_chapterer
 
 pytestmark = pytest.mark.embedding
 DATA = Path(__file__).resolve().parents[1] / "data" / "train" / "vidchapters-short.jsonl"
@@ -68,7 +68,7 @@ def test_bundle_registers_and_loads_as_one_pyfunc(fitted, adapter_dir, settings,
     registry.configure(settings)
     cand = registry.log_candidate(bundle, settings.model.base, None, params={}, tags={}, plots=[], settings=settings)
     registry.promote(cand.version, settings)
-    path, base, name = registry.fetch_model("champion", settings)
+    path, _, name = registry.fetch_model("champion", settings)
     assert is_bundle(path) and (path / "adapter" / "adapter_model.safetensors").is_file()
     assert not (path / "adapter" / "stray.bin").exists()
     chapterer = load_chapterer("champion", settings)

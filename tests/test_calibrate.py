@@ -5,7 +5,7 @@ import pytest
 
 from chaptering import calibrate, prompt
 from chaptering.models import load_model
-from chaptering.predict import load_chapterer
+from chaptering.factory import load_chapterer
 from factories import make_transcript
 
 

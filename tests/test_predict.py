@@ -6,7 +6,8 @@ from typer.testing import CliRunner
 
 from chaptering.cli import app
 from chaptering.models import load_model
-from chaptering.predict import LLMChapterer, load_chapterer
+from chaptering.factory import load_chapterer
+from chaptering.predict import LLMChapterer
 from factories import make_transcript
 
 

@@ -3,9 +3,10 @@ chapter whose start they kept, and the titler writes cleaned one-line titles und
 
 from __future__ import annotations
 
+from factories import make_transcript
+
 from chaptering.schema import Chapter, FeedbackEvent
 from chaptering.titles import LLMTitler, chapter_text, title_dpo_rows, title_messages, title_rows
-from factories import make_transcript
 
 
 def test_one_row_per_chapter_with_its_opening_text_and_title():
@@ -50,7 +51,7 @@ def test_titler_writes_one_clean_line_per_chapter_and_stops_at_the_deadline(tiny
     model, tok = load_model(str(tiny_dir))
     titler = LLMTitler(model, tok, max_new_tokens=6)
     t = make_transcript(n=30, chapters=(0,))
-    titles, written = titler.titles(t, [0, 10, 20])
+    titles, _ = titler.titles(t, [0, 10, 20])
     assert len(titles) == 3 and all("\n" not in x and len(x.split()) <= 10 for x in titles)
     titler.should_stop = lambda: True
     assert titler.titles(t, [0, 10]) == (["", ""], 0)

@@ -318,7 +318,7 @@ def test_a_huge_segment_stays_inside_the_context(tiny_dir: Path, tmp_path: Path,
     no deadline could cut. Now over-long lines are clipped for the model: no pass exceeds the context."""
     from fastapi.testclient import TestClient
 
-    from chaptering.predict import load_chapterer
+    from chaptering.factory import load_chapterer
 
     settings = _settings(tmp_path).model_copy(update={"model": ModelSettings(
         base=str(tiny_dir), context_tokens=512, max_new_tokens=24, decoding=decoding)})

