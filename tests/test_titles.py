@@ -55,3 +55,16 @@ def test_titler_writes_one_clean_line_per_chapter_and_stops_at_the_deadline(tiny
     assert len(titles) == 3 and all("\n" not in x and len(x.split()) <= 10 for x in titles)
     titler.should_stop = lambda: True
     assert titler.titles(t, [0, 10]) == (["", ""], 0)
+
+
+def test_batched_titles_match_one_at_a_time(tiny_dir):
+    """Left padding must not change an answer: a batch of chapters of different lengths gives the
+    titles each chapter gets alone."""
+    from chaptering.models import load_model
+
+    model, tok = load_model(str(tiny_dir))
+    t = make_transcript(n=60, chapters=(0,))
+    starts = [0, 3, 20, 21, 45]  # chapters of 3, 17, 1, 24 and 15 lines: prompts of different lengths
+    alone, _ = LLMTitler(model, tok, max_new_tokens=5, batch_size=1).titles(t, starts)
+    batched, _ = LLMTitler(model, tok, max_new_tokens=5, batch_size=4).titles(t, starts)
+    assert batched == alone
