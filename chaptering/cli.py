@@ -11,15 +11,25 @@ from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chapter video transcripts with a fine-tuned LLM.")
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Chapter video transcripts: boundary model + fine-tuned LLM titles.")
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.key=value")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="base | champion | models:/NAME/VER | PATH | baseline:NAME")]
 
 
 @app.callback()
-def _root() -> None:
-    """Chapter video transcripts with a fine-tuned LLM (see README.md)."""
+def _root(
+    config: Annotated[Optional[Path], typer.Option("--config", help="Settings file, e.g. configs/llm-chapterer.yaml")] = None,
+) -> None:
+    """Chapter video transcripts: a boundary model places chapters, a fine-tuned LLM titles them (README.md)."""
+    if config is not None:
+        from chaptering.config import use_config_file
+
+        try:
+            use_config_file(config)
+        except FileNotFoundError as err:
+            _fail(str(err))
 
 
 def _settings(overrides: list[str] | None):

@@ -198,6 +198,18 @@ class Settings(BaseSettings):
         return self
 
 
+_CONFIG_FILE: Path | None = None  # `chaptering --config FILE`: before CHAPTERING_CONFIG_FILE and chaptering.yaml
+
+
+def use_config_file(path: Path | None) -> None:
+    """Read settings from `path` (a named scenario in configs/, say) from now on."""
+    global _CONFIG_FILE
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    _CONFIG_FILE = Path(path) if path is not None else None
+    get_settings.cache_clear()
+
+
 class _YamlSource(PydanticBaseSettingsSource):
     """Reads `chaptering.yaml` (or the file named by CHAPTERING_CONFIG_FILE) at the lowest priority."""
 
@@ -205,7 +217,7 @@ class _YamlSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        path = Path(os.environ.get("CHAPTERING_CONFIG_FILE", PROJECT_ROOT / "chaptering.yaml"))
+        path = _CONFIG_FILE or Path(os.environ.get("CHAPTERING_CONFIG_FILE", PROJECT_ROOT / "chaptering.yaml"))
         if not path.is_file():
             return {}
         data = yaml.safe_load(path.read_text()) or {}
