@@ -22,6 +22,7 @@ run: setup
 	$(VENV)/bin/chaptering models
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 bench-quality: setup

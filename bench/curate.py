@@ -15,7 +15,7 @@ import multiprocessing as mp
 import random
 import resource
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from chaptering.config import PROJECT_ROOT, get_settings
 from chaptering.schema import Segment, Transcript

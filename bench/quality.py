@@ -25,8 +25,8 @@ from chaptering.evaluate import (
     result_key,
     write_report,
 )
-from chaptering.heldout import load_heldout
 from chaptering.factory import load_chapterer
+from chaptering.heldout import load_heldout
 
 DEFAULT = ["baseline:random", "baseline:single", "baseline:equal", "baseline:equal-oracle", "baseline:texttiling",
            "baseline:embedding", "baseline:seed", "base"]

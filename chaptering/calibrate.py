@@ -10,8 +10,9 @@ One teacher-forced forward pass per window gives P(+) at every line at once.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 FILE = "decoding.json"
 GRID = [round(0.02 * i, 2) for i in range(1, 50)]  # 0.02 .. 0.98

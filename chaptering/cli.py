@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Chapter video transcripts: boundary model + fine-tuned LLM titles.")
 
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.key=value")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a setting: section.key=value")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="base | champion | models:/NAME/VER | PATH | baseline:NAME")]
 
 
 @app.callback()
 def _root(
-    config: Annotated[Optional[Path], typer.Option("--config", help="Settings file, e.g. configs/llm-chapterer.yaml")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Settings file, e.g. configs/llm-chapterer.yaml")] = None,
 ) -> None:
     """Chapter video transcripts: a boundary model places chapters, a fine-tuned LLM titles them (README.md)."""
     if config is not None:
@@ -54,8 +54,8 @@ def predict(
     set: SetOpt = None,
 ) -> None:
     """Predict chapters for every transcript in INPUT."""
-    from chaptering.io import InputError, read_transcripts, write_jsonl
     from chaptering.factory import load_chapterer
+    from chaptering.io import InputError, read_transcripts, write_jsonl
     from chaptering.predict import predict_all
 
     settings = _settings(set)
@@ -77,12 +77,12 @@ def evaluate(
         "data/eval/heldout.jsonl"
     ),
     model: Annotated[
-        Optional[list[str]], typer.Option("--model", "-m", help="Repeat to compare: base, champion, PATH, baseline:NAME")
+        list[str] | None, typer.Option("--model", "-m", help="Repeat to compare: base, champion, PATH, baseline:NAME")
     ] = None,
-    compare: Annotated[Optional[list[str]], typer.Option("--compare", help="More models for one table")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for report.md/json, plots")] = None,
+    compare: Annotated[list[str] | None, typer.Option("--compare", help="More models for one table")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for report.md/json, plots")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the aggregate report as JSON")] = False,
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N transcripts (smoke runs)")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N transcripts (smoke runs)")] = None,
     set: SetOpt = None,
 ) -> None:
     """Score models on a labelled set: the headline (macro F1 over domains) and every metric per domain."""
@@ -90,8 +90,8 @@ def evaluate(
 
     from chaptering.evaluate import evaluate as run_eval
     from chaptering.evaluate import full_markdown, plot_compare, write_report
-    from chaptering.io import InputError, read_transcripts
     from chaptering.factory import load_chapterer
+    from chaptering.io import InputError, read_transcripts
 
     settings = _settings(set)
     specs = (model or []) + (compare or []) or ["base"]
@@ -128,7 +128,7 @@ app.add_typer(data_app, name="data")
 @data_app.command("build")
 def data_build(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for datasets, stats and quarantine")],
-    input: Annotated[Optional[list[Path]], typer.Option("--input", "-i", help="Folders/files of transcripts")] = None,
+    input: Annotated[list[Path] | None, typer.Option("--input", "-i", help="Folders/files of transcripts")] = None,
     set: SetOpt = None,
 ) -> None:
     """Ingest, curate, augment and build the SFT/DPO/KTO datasets (the flow's data stages, no Prefect)."""
@@ -151,9 +151,9 @@ def data_build(
 @app.command()
 def retrain(
     force: Annotated[bool, typer.Option(help="Train even if the data has not changed")] = False,
-    max_steps: Annotated[Optional[int], typer.Option(help="SFT optimizer steps")] = None,
-    base_model: Annotated[Optional[str], typer.Option(help="embedded, a hub id or a local folder")] = None,
-    input: Annotated[Optional[list[Path]], typer.Option("--input", "-i", help="Extra transcript folders")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="SFT optimizer steps")] = None,
+    base_model: Annotated[str | None, typer.Option(help="embedded, a hub id or a local folder")] = None,
+    input: Annotated[list[Path] | None, typer.Option("--input", "-i", help="Extra transcript folders")] = None,
     set: SetOpt = None,
 ) -> None:
     """Run the nightly flow once, end to end (Prefect ephemeral API unless PREFECT_API_URL is set)."""
@@ -220,8 +220,8 @@ def rollback(set: SetOpt = None) -> None:
 
 @app.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="Bind address (default: serve.host)")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port (default: serve.port)")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default: serve.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: serve.port)")] = None,
     model: Annotated[str, typer.Option("--model", "-m", help="champion (follows the alias) | base | "
                                        "models:/NAME/VER | PATH | baseline:NAME (pinned)")] = "champion",
     set: SetOpt = None,

@@ -222,7 +222,7 @@ class _YamlSource(PydanticBaseSettingsSource):
             return {}
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
+            raise TypeError(f"{path}: expected a mapping at the top level")
         return data
 
 

@@ -14,9 +14,10 @@ Two ways to make the per-line decision:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from contextlib import suppress
 from functools import lru_cache
-from typing import Any, Callable, Collection
+from typing import Any
 
 MAX_TITLE_TOKENS = 24
 

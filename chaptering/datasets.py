@@ -10,9 +10,10 @@ import hashlib
 import json
 import random
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from chaptering import prompt
 from chaptering.schema import Chapter, FeedbackEvent, Transcript

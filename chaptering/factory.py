@@ -18,8 +18,8 @@ def load_chapterer(spec: str, settings: Any) -> Any:
     from chaptering.models import load_model, read_adapter_base, resolve_base
 
     cache = settings.cache_dir
-    llm_kwargs = dict(context_tokens=settings.model.context_tokens, max_new_tokens=settings.model.max_new_tokens,
-                      repetition_penalty=settings.model.repetition_penalty)
+    llm_kwargs = {"context_tokens": settings.model.context_tokens, "max_new_tokens": settings.model.max_new_tokens,
+                      "repetition_penalty": settings.model.repetition_penalty}
 
     def lines_kwargs(adapter: Path | None = None) -> dict[str, Any]:
         from chaptering.calibrate import read_threshold

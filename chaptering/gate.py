@@ -44,18 +44,18 @@ def _domain_checks(challenger: Report, ref: Report, who: str, gs: GateSettings) 
             checks.append((False, f"{d}: no primary F1 on one side, cannot rule out a collapse"))
             continue
         ok = c_f1 - r_f1 >= -gs.max_domain_f1_drop - _EPS
-        checks.append((ok, f"{d}: F1 {c_f1:.3f} vs {who} {r_f1:.3f} ({c_f1 - r_f1:+.3f}; "
-                           f"allowed drop {gs.max_domain_f1_drop:.3f})"))
+        checks.append((ok, (f"{d}: F1 {c_f1:.3f} vs {who} {r_f1:.3f} ({c_f1 - r_f1:+.3f}; "
+                           f"allowed drop {gs.max_domain_f1_drop:.3f})")))
         c_pk, r_pk = challenger.domain_metric(d, "pk"), ref.domain_metric(d, "pk")
         if c_pk is not None and r_pk is not None:
             ok = c_pk - r_pk <= gs.max_pk_regression + _EPS
-            checks.append((ok, f"{d}: Pk {c_pk:.3f} vs {who} {r_pk:.3f} (lower is better; {c_pk - r_pk:+.3f}, "
-                               f"allowed rise {gs.max_pk_regression:.3f})"))
+            checks.append((ok, (f"{d}: Pk {c_pk:.3f} vs {who} {r_pk:.3f} (lower is better; {c_pk - r_pk:+.3f}, "
+                               f"allowed rise {gs.max_pk_regression:.3f})")))
         c_b, r_b = challenger.domain_metric(d, "boundary_similarity"), ref.domain_metric(d, "boundary_similarity")
         if c_b is not None and r_b is not None:
             ok = c_b - r_b >= -gs.max_b_regression - _EPS
-            checks.append((ok, f"{d}: B {c_b:.3f} vs {who} {r_b:.3f} ({c_b - r_b:+.3f}; "
-                               f"allowed drop {gs.max_b_regression:.3f})"))
+            checks.append((ok, (f"{d}: B {c_b:.3f} vs {who} {r_b:.3f} ({c_b - r_b:+.3f}; "
+                               f"allowed drop {gs.max_b_regression:.3f})")))
     return checks
 
 
@@ -65,34 +65,34 @@ def gate(
     """Promote only on evidence (module notes). `references`: baselines and the base model, read only
     when there is no champion yet."""
     if not challenger.headline or not challenger.rows:
-        return Verdict(False, ["challenger report has no headline or per-transcript rows (an eval set "
-                               "without domains?): cannot judge it"])
+        return Verdict(False, [("challenger report has no headline or per-transcript rows (an eval set "
+                               "without domains?): cannot judge it")])
     if champion is not None:
         ref, who = champion, "champion"
     else:
         best = best_reference(references, challenger.data_fingerprint)
         if best is None:
-            return Verdict(False, ["no champion and no baseline or base-model report on this eval set to "
-                                   "compare against"])
+            return Verdict(False, [("no champion and no baseline or base-model report on this eval set to "
+                                   "compare against")])
         ref, who = best, f"best baseline {best.model}"
     if ref.data_fingerprint != challenger.data_fingerprint:
         return Verdict(False, [
-            f"the {who} was evaluated on other data (fingerprint {ref.data_fingerprint} vs "
-            f"{challenger.data_fingerprint}): re-evaluate it on the current held-out set before comparing"])
+            (f"the {who} was evaluated on other data (fingerprint {ref.data_fingerprint} vs "
+            f"{challenger.data_fingerprint}): re-evaluate it on the current held-out set before comparing")])
     try:
         diff = paired_headline_diff(challenger.rows, ref.rows, n_boot=gs.n_boot, seed=gs.seed)
     except ValueError as e:
         return Verdict(False, [f"cannot pair the challenger with the {who}: {e}"])
     c_h, r_h = challenger.metric(HEADLINE), ref.metric(HEADLINE)
     ok = diff["lo"] > gs.min_lower_bound
-    checks = [(ok, f"headline {c_h:.3f} vs {who} {r_h:.3f}: {diff['mean']:+.3f} [{diff['lo']:+.3f}, "
+    checks = [(ok, (f"headline {c_h:.3f} vs {who} {r_h:.3f}: {diff['mean']:+.3f} [{diff['lo']:+.3f}, "
                    f"{diff['hi']:+.3f}] (paired bootstrap; lower bound {'>' if ok else '<='} "
-                   f"{gs.min_lower_bound:g})")]
+                   f"{gs.min_lower_bound:g})"))]
     checks += _domain_checks(challenger, ref, who, gs)
     c_un, r_un = challenger.metric("unusable"), ref.metric("unusable")
     if c_un is not None and r_un is not None:
         du = c_un - r_un
         ok = du <= gs.max_unusable_regression + _EPS
-        checks.append((ok, f"unusable share {c_un:.3f} vs {who} {r_un:.3f}: {du:+.3f} "
-                           f"{'<=' if ok else '>'} allowed rise {gs.max_unusable_regression:.3f}"))
+        checks.append((ok, (f"unusable share {c_un:.3f} vs {who} {r_un:.3f}: {du:+.3f} "
+                           f"{'<=' if ok else '>'} allowed rise {gs.max_unusable_regression:.3f}")))
     return Verdict(all(ok for ok, _ in checks), [("ok: " if ok else "FAIL: ") + text for ok, text in checks])

@@ -11,8 +11,8 @@ duplicates are caught by curate.ContaminationGuard, built from the same transcri
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from chaptering.schema import Transcript
 

@@ -109,14 +109,14 @@ def read_adapter_base(adapter_dir: Path) -> str | None:
 # Published architectures (from their config.json) for speed benchmarks on random weights: the hub is
 # out of reach, and tokens/s and memory depend on the shapes, not on the values.
 SHAPES: dict[str, dict[str, Any]] = {
-    "tiny": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192),
-    "smollm2-135m": dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
-                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-                         max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5),
-    "qwen2.5-0.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
-                         num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                         max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6),
+    "tiny": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                 "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 8192},
+    "smollm2-135m": {"model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+                         "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+                         "max_position_embeddings": 8192, "rope_theta": 100000.0, "rms_norm_eps": 1e-5},
+    "qwen2.5-0.5b": {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864,
+                         "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+                         "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6},
 }
 
 

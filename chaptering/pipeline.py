@@ -489,8 +489,8 @@ def summarize(ingested: dict, curated: dict, build: BuildOutput, outcome: TrainO
     lines = [
         "# Nightly retrain",
         "",
-        f"- ingested: {ingested['transcripts']} new transcripts, {ingested['feedback_events']} feedback events, "
-        f"{ingested['quarantined']} quarantined at ingest",
+        (f"- ingested: {ingested['transcripts']} new transcripts, {ingested['feedback_events']} feedback events, "
+        f"{ingested['quarantined']} quarantined at ingest"),
         f"- curated: {curated['accepted']} accepted, {curated['rejected']} rejected"
         + "".join(f"; {k.split(': ', 1)[1]}: {v}" for k, v in curated.items() if k.startswith("rejected: ")),
         f"- datasets `{build.fingerprint}` ({'reused' if build.reused else 'built'}): "

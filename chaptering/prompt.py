@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from chaptering.schema import Chapter, Transcript
 
@@ -148,12 +149,12 @@ class ParseResult:
     repairs: list[str] = field(default_factory=list)
 
 
-_FENCE = re.compile(r"```(?:json)?", re.I)
+_FENCE = re.compile(r"```(?:json)?", re.IGNORECASE)
 _TRAILING_COMMA = re.compile(r",\s*([\]}])")
-_OBJECT = re.compile(r"\{[^{}]*\}", re.S)
+_OBJECT = re.compile(r"\{[^{}]*\}", re.DOTALL)
 _START = re.compile(r"[\"']?start[\"']?\s*:\s*[\"']?(\d+)")
 _TITLE = re.compile(r"[\"']?title[\"']?\s*:\s*[\"']((?:[^\"'\\]|\\.)*)")
-_TAG = re.compile(r"^[ \t]*(\d+)[ \t]*([+=])[ \t]*(.*?)[ \t]*$", re.M)
+_TAG = re.compile(r"^[ \t]*(\d+)[ \t]*([+=])[ \t]*(.*?)[ \t]*$", re.MULTILINE)
 
 
 def _loads_list(text: str) -> tuple[list[Any] | None, list[str]]:

@@ -75,7 +75,7 @@ def _lora_config(cfg: TrainSettings) -> Any:
 def load_for_training(base: str, cfg: TrainSettings, backend: Backend, adapter: Path | None = None) -> tuple[Any, Any]:
     """(model with trainable LoRA, tokenizer). With `adapter`, training continues from that adapter."""
     if backend == "unsloth":
-        from unsloth import FastLanguageModel  # noqa: I001 - must precede transformers/trl on this path
+        from unsloth import FastLanguageModel
 
         model, tok = FastLanguageModel.from_pretrained(
             model_name=str(adapter or base), max_seq_length=cfg.max_length, load_in_4bit=cfg.load_in_4bit,
@@ -118,27 +118,27 @@ def load_for_training(base: str, cfg: TrainSettings, backend: Backend, adapter: 
 
 def _common_args(cfg: TrainSettings, out_dir: Path, max_steps: int, lr: float) -> dict[str, Any]:
     on_cpu = not cuda_available()
-    return dict(
-        output_dir=str(out_dir / "checkpoints"),
-        max_steps=max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=max(1, max_steps // 10),
-        logging_steps=1,
-        save_steps=cfg.save_steps,
-        save_total_limit=2,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to=[],
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        use_cpu=on_cpu,
-        bf16=not on_cpu,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-        save_only_model=False,
-    )
+    return {
+        "output_dir": str(out_dir / "checkpoints"),
+        "max_steps": max_steps,
+        "per_device_train_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "learning_rate": lr,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": max(1, max_steps // 10),
+        "logging_steps": 1,
+        "save_steps": cfg.save_steps,
+        "save_total_limit": 2,
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "report_to": [],
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "use_cpu": on_cpu,
+        "bf16": not on_cpu,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": False,
+        "save_only_model": False,
+    }
 
 
 class _Tracker:

@@ -2,11 +2,11 @@ import json
 import shutil
 
 import pytest
+from factories import make_transcript
 
 from chaptering import calibrate, prompt
-from chaptering.models import load_model
 from chaptering.factory import load_chapterer
-from factories import make_transcript
+from chaptering.models import load_model
 
 
 def test_best_threshold_separates_starts_from_the_rest():

@@ -1,9 +1,9 @@
 import pytest
+from factories import make_transcript
 
 from chaptering import constrain, prompt
 from chaptering.models import load_model
 from chaptering.predict import LLMChapterer
-from factories import make_transcript
 
 
 @pytest.fixture(scope="module")

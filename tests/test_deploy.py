@@ -69,15 +69,19 @@ def server_env(tmp_path: Path, tiny_dir: Path):
 
 def _prefect(env: dict, *args: str, timeout: float = 120) -> str:
     out = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
-                         timeout=timeout)
+                         timeout=timeout, check=False)
     assert out.returncode == 0, f"prefect {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
     return out.stdout
 
 
 async def _flow_run_and_artifacts(api: str, deployment: str):
     from prefect.client.orchestration import PrefectClient
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, DeploymentFilter
-    from prefect.client.schemas.filters import DeploymentFilterName
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        DeploymentFilter,
+        DeploymentFilterName,
+    )
 
     async with PrefectClient(api) as client:
         runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])))

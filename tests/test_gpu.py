@@ -26,7 +26,7 @@ pytestmark = pytest.mark.gpu
 
 
 def _cfg(**kw) -> TrainSettings:
-    base = dict(max_steps=3, grad_accum=1, max_length=512, save_steps=100, learning_rate=2e-4, dpo_steps=2)
+    base = {"max_steps": 3, "grad_accum": 1, "max_length": 512, "save_steps": 100, "learning_rate": 2e-4, "dpo_steps": 2}
     return TrainSettings(**{**base, **kw})
 
 

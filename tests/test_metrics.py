@@ -406,8 +406,8 @@ def _independent_f1(ref: list[float], hyp: list[float], tol: float) -> float:
 def test_time_f1_agrees_with_an_independent_scorer():
     rng = random.Random(7)
     for _ in range(300):
-        ref = sorted(rng.sample(range(0, 600), rng.randint(0, 8)))
-        hyp = sorted(rng.sample(range(0, 600), rng.randint(0, 8)))
+        ref = sorted(rng.sample(range(600), rng.randint(0, 8)))
+        hyp = sorted(rng.sample(range(600), rng.randint(0, 8)))
         ref_t, hyp_t = [0.0] + [r + rng.random() for r in ref], [0.0] + [h + rng.random() for h in hyp]
         got = M.boundary_prf_time(ref_t, hyp_t, 5.0)[2]
         assert got == pytest.approx(_independent_f1(ref_t[1:], hyp_t[1:], 5.0)), (ref_t, hyp_t)

@@ -10,11 +10,11 @@ import json
 from pathlib import Path
 
 import pytest
+from factories import run_once, small_project
 
 from chaptering import registry
 from chaptering.config import Settings
 from chaptering.io import read_transcripts
-from factories import run_once, small_project
 
 
 @pytest.fixture

@@ -1,14 +1,15 @@
+import itertools
 import json
 import re
 
 import pytest
+from factories import make_transcript
 from typer.testing import CliRunner
 
 from chaptering.cli import app
-from chaptering.models import load_model
 from chaptering.factory import load_chapterer
+from chaptering.models import load_model
 from chaptering.predict import LLMChapterer
-from factories import make_transcript
 
 
 class ScriptedChapterer(LLMChapterer):
@@ -19,7 +20,7 @@ class ScriptedChapterer(LLMChapterer):
         self.windows: list[tuple[int, int]] = []
 
     def generate(self, msgs, n_lines=None):
-        lines = re.findall(r"\[(\d+)\]$", msgs[-1]["content"], re.M)
+        lines = re.findall(r"\[(\d+)\]$", msgs[-1]["content"], re.MULTILINE)
         n = len(lines)
         self.windows.append(n)
         return json.dumps([{"start": s, "title": f"part {s}"} for s in range(0, n, 7)]), 5
@@ -37,7 +38,7 @@ def test_windows_cover_every_segment_of_a_long_transcript(tiny):
     p = ch.predict(t)
     assert p.meta["windows"] > 5 and sum(ch.windows) >= 600
     starts = p.boundaries
-    assert starts[0] == 0 and all(b > a for a, b in zip(starts, starts[1:])) and starts[-1] < 600
+    assert starts[0] == 0 and all(b > a for a, b in itertools.pairwise(starts)) and starts[-1] < 600
     # chapters keep coming until the end: the last one lies in the final window
     assert starts[-1] > 600 - max(ch.windows)
     assert all(c.start == t.segments[c.start_segment].start for c in p.chapters)

@@ -1,9 +1,12 @@
+import itertools
 import json
 
-from hypothesis import given, settings as hsettings, strategies as st
+from factories import make_transcript
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from chaptering import prompt
-from factories import make_transcript
 
 
 def test_render_line_numbers_time_and_cut():
@@ -75,7 +78,7 @@ def test_parser_never_crashes_and_output_is_valid(text, n):
     res = prompt.parse_answer(text, n)
     starts = [s for s, _ in res.chapters]
     assert starts[0] == 0 and all(0 <= s < n for s in starts)
-    assert all(b > a for a, b in zip(starts, starts[1:]))
+    assert all(b > a for a, b in itertools.pairwise(starts))
     assert all(t and len(t) <= prompt.MAX_TITLE_CHARS for _, t in res.chapters)
     assert res.health in ("clean", "repaired", "unusable")
 
@@ -85,7 +88,7 @@ def test_parser_never_crashes_and_output_is_valid(text, n):
 def test_parser_on_json_lists(items):
     res = prompt.parse_answer(json.dumps(items), 50)
     starts = [s for s, _ in res.chapters]
-    assert starts[0] == 0 and all(b > a for a, b in zip(starts, starts[1:]))
+    assert starts[0] == 0 and all(b > a for a, b in itertools.pairwise(starts))
 
 
 def test_fit_window_and_next_start():

@@ -17,8 +17,8 @@ from chaptering.train import choose_backend, train_preference, train_sft
 
 
 def _cfg(**kw) -> TrainSettings:
-    base = dict(max_steps=6, grad_accum=1, max_length=512, save_steps=2, learning_rate=5e-3, dpo_steps=3,
-                target_modules=["q_proj", "v_proj"], lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    base = {"max_steps": 6, "grad_accum": 1, "max_length": 512, "save_steps": 2, "learning_rate": 5e-3, "dpo_steps": 3,
+                "target_modules": ["q_proj", "v_proj"], "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
     return TrainSettings(**{**base, **kw})
 
 
