@@ -10,18 +10,15 @@ from pathlib import Path
 import pytest
 import webvtt
 
+from chaptering.captions import chapters_vtt, chapters_youtube, write_srt, write_vtt
 from chaptering.io import (
     InputError,
     Rejected,
-    chapters_vtt,
-    chapters_youtube,
     iter_jsonl,
     iter_transcripts,
     read_transcripts,
     transcript_from_upload,
     write_jsonl,
-    write_srt,
-    write_vtt,
 )
 from chaptering.schema import PredictedChapter, Prediction, Segment, Transcript
 
