@@ -6,40 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 from factories import small_project
+from servers import free_port, server_process
 
 from chaptering.config import PROJECT_ROOT
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(f"prefect server at {url} did not come up in {timeout} s")
 
 
 @pytest.fixture
@@ -47,24 +25,15 @@ def server_env(tmp_path: Path, tiny_dir: Path):
     settings = small_project(tmp_path, tiny_dir)
     config = tmp_path / "chaptering.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json", exclude={"config_file"})))
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "CHAPTERING_CONFIG_FILE": str(config),
            "PREFECT_LOGGING_LEVEL": "WARNING"}
     env.pop("CHAPTERING_STATE_DIR", None)
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_healthy(api, server)
+    with server_process([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                        f"{api}/health", tmp_path / "server.log", env=env, name="prefect server"):
         yield env, api, settings
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def _prefect(env: dict, *args: str, timeout: float = 120) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from factories import make_transcript, small_project
+from servers import free_port, server_process
 from sqlalchemy import text
 
 from chaptering import pipeline
@@ -147,12 +147,6 @@ def test_slow_clients_are_cut_off(live: tuple[Settings, int]) -> None:
 CLI_HEADER_TIMEOUT_S = 1.5  # serve.header_timeout_s of the `chaptering serve` process below
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def cli_server(tmp_path: Path, *sets: str) -> Iterator[int]:
     """The real `chaptering serve --model baseline:equal` in a child process on a free loopback port, with a
@@ -160,38 +154,16 @@ def cli_server(tmp_path: Path, *sets: str) -> Iterator[int]:
     answers."""
     empty = tmp_path / "no-inputs"
     empty.mkdir(exist_ok=True)
-    port = _free_port()
+    port = free_port()
     cmd = [str(Path(sys.executable).parent / "chaptering"), "serve", "--host", "127.0.0.1",
            "--port", str(port), "--model", "baseline:equal"]
     for item in (f"state_dir={tmp_path / 'state'}", f"data.inputs=[{empty}]", "serve.poll_seconds=0", *sets):
         cmd += ["--set", item]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHAPTERING_")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
-    log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"chaptering serve exited with {proc.returncode}: "
-                                     f"{log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"chaptering serve not ready in 120 s: {log_path.read_text()[-2000:]}")
-            time.sleep(0.25)
+    with server_process(cmd, f"http://127.0.0.1:{port}/healthz", tmp_path / "serve.log", env=env,
+                        name="chaptering serve", stop_s=20):
         yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def test_cli_serve_cuts_slow_headers(tmp_path: Path) -> None:
