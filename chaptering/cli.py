@@ -1,4 +1,4 @@
-"""`chaptering ...`: the command line that outside tools rely on (DESIGN.md, CLI contract).
+"""`chaptering ...`: the command line that outside tools rely on (the CLI contract: README.md, "Use it").
 
 Heavy libraries are imported inside the commands, so `chaptering --help` stays instant.
 """

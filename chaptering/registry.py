@@ -6,7 +6,7 @@ one alias move here, recorded as tags on the version it concerns (who, why, when
 
 Bundles and adapters are logged through `mlflow.pyfunc` (a `PythonModel` with the folder as an artifact
 and the base model as a reference), never `mlflow.transformers`: on a PeftModel the latter loses every base
-weight on reload (DESIGN.md, "Known pitfalls"). What a version holds and the `PythonModel` that loads it
+weight on reload (measured when this project started). What a version holds and the `PythonModel` that loads it
 live in `chaptering.pyfunc`; this module is the MLflow I/O around them. mlflow is imported inside
 functions so that the CLI and the light tests start fast.
 """

@@ -33,7 +33,7 @@ class SegmentIn(TextModel):
 
 
 class TranscriptIn(TextModel):
-    """Request body of POST /v1/chapters (DESIGN.md transcript; `chapters`, if sent, are ignored)."""
+    """Request body of POST /v1/chapters (the transcript contract of schema.py; `chapters`, if sent, are ignored)."""
 
     model_config = ConfigDict(extra="ignore")
 
