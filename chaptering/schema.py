@@ -1,4 +1,4 @@
-"""The data contracts (transcript, chapter, prediction, feedback) as pydantic models: every stage speaks these types."""
+"""The data contracts (transcript, chapter, prediction, feedback) as pydantic models every stage speaks."""
 
 from __future__ import annotations
 
