@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from chaptering.predict import LLMChapterer
+from chaptering.predict import LLMChapterer, llm_options
 
 
 def load_chapterer(spec: str, settings: Any) -> Any:
@@ -18,22 +18,17 @@ def load_chapterer(spec: str, settings: Any) -> Any:
     from chaptering.models import load_model, read_adapter_base, resolve_base
 
     cache = settings.cache_dir
-    llm_kwargs = {"context_tokens": settings.model.context_tokens, "max_new_tokens": settings.model.max_new_tokens,
-                      "repetition_penalty": settings.model.repetition_penalty}
+    model_cfg = settings.model.model_dump()
 
     def lines_kwargs(adapter: Path | None = None) -> dict[str, Any]:
-        from chaptering.calibrate import read_threshold
-
-        threshold = settings.model.start_threshold
-        if threshold is None:
-            threshold = read_threshold(adapter) or 0.5
-        return dict(llm_kwargs, decoding=settings.model.decoding, start_threshold=threshold)
+        return llm_options(model_cfg, adapter)
 
     if spec.startswith("baseline:"):
         name = spec.split(":", 1)[1]
         if name == "seed":
             model, tok = load_model(resolve_base(settings.model.base, cache), dtype=settings.model.dtype)
-            return LLMChapterer(model, tok, spec, style="seed", **llm_kwargs)
+            seed_kwargs = {k: v for k, v in lines_kwargs().items() if k not in ("decoding", "start_threshold")}
+            return LLMChapterer(model, tok, spec, style="seed", **seed_kwargs)
         from chaptering.baselines import make_baseline
 
         return make_baseline(name, train_mean_chapters=train_mean_chapters(settings), seed=settings.seed,

@@ -10,7 +10,8 @@ context, and a forward pass that no deadline can interrupt.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from chaptering import prompt
@@ -228,3 +229,22 @@ def predict_all(chapterer: Any, transcripts: Iterable[Transcript], progress: boo
     items = list(transcripts) if progress else transcripts
     for t in tqdm(items, desc=getattr(chapterer, "name", "predict"), unit="transcript", disable=not progress):
         yield chapterer.predict(t)
+
+
+def llm_options(cfg: Mapping[str, Any], adapter: Path | None = None) -> dict[str, Any]:
+    """LLMChapterer keyword arguments from model settings (a `ModelSettings` dump, or the model_config a
+    version was logged with): the one place that turns settings into decoding options, so the CLI, the
+    service and a registered pyfunc decode alike. Without a set threshold, the one calibrated beside the
+    adapter; versions logged before `decoding` existed decode as they did then."""
+    from chaptering.calibrate import read_threshold
+
+    threshold = cfg.get("start_threshold")
+    if threshold is None:
+        threshold = read_threshold(adapter) or 0.5
+    return {
+        "context_tokens": int(cfg.get("context_tokens", 1024)),
+        "max_new_tokens": int(cfg.get("max_new_tokens", 160)),
+        "repetition_penalty": float(cfg.get("repetition_penalty", 1.0)),
+        "decoding": str(cfg.get("decoding") or ("tagged" if cfg.get("structured_decoding") else "free")),
+        "start_threshold": float(threshold),
+    }

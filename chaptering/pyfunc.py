@@ -151,10 +151,9 @@ def _chaptering_model_class(python_model: type) -> type:
         """
 
         def load_context(self, context: Any) -> None:
-            from chaptering.calibrate import read_threshold
             from chaptering.config import get_settings
             from chaptering.models import load_model, load_tokenizer, resolve_base
-            from chaptering.predict import LLMChapterer
+            from chaptering.predict import LLMChapterer, llm_options
 
             cfg = dict(context.model_config or {})
             cache_dir = Path(cfg["cache_dir"]) if cfg.get("cache_dir") else get_settings().cache_dir
@@ -173,14 +172,7 @@ def _chaptering_model_class(python_model: type) -> type:
             model, tok = load_model(base, adapter=adapter, dtype=cfg.get("dtype", "float32"))
             if (adapter / "tokenizer_config.json").is_file():  # the chat template it was trained with
                 tok = load_tokenizer(str(adapter))
-            self.chapterer = LLMChapterer(
-                model, tok, name,
-                context_tokens=int(cfg.get("context_tokens", 1024)),
-                max_new_tokens=int(cfg.get("max_new_tokens", 160)),
-                repetition_penalty=float(cfg.get("repetition_penalty", 1.0)),
-                decoding=str(cfg.get("decoding") or ("tagged" if cfg.get("structured_decoding") else "free")),
-                start_threshold=float(cfg.get("start_threshold") or read_threshold(adapter) or 0.5),
-            )
+            self.chapterer = LLMChapterer(model, tok, name, **llm_options(cfg, adapter))
 
         def predict(self, context, model_input, params=None):
             """One row per transcript: id, chapters (JSON list of {title, start_segment, start}), model,

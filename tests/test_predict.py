@@ -86,3 +86,19 @@ def test_cli_predict_bad_input_names_file_and_line(tmp_path):
     res = CliRunner().invoke(app, ["predict", str(bad), "--out", str(tmp_path / "o.jsonl"), "--model", "baseline:single"])
     assert res.exit_code == 2
     assert "bad.jsonl" in res.output and "line 2" in res.output
+
+
+def test_one_settings_to_options_path_for_cli_and_registered_versions(tmp_path):
+    """The CLI (a ModelSettings dump) and a version's model_config go through llm_options; versions
+    logged before `decoding` existed keep decoding as they did."""
+    import json
+
+    from chaptering.config import ModelSettings
+    from chaptering.predict import llm_options
+
+    opts = llm_options(ModelSettings().model_dump())
+    assert opts["decoding"] == ModelSettings().decoding and opts["start_threshold"] == 0.5
+    assert llm_options({})["decoding"] == "free" and llm_options({"structured_decoding": True})["decoding"] == "tagged"
+    (tmp_path / "decoding.json").write_text(json.dumps({"start_threshold": 0.37}))
+    assert llm_options({}, tmp_path)["start_threshold"] == 0.37
+    assert llm_options({"start_threshold": 0.2}, tmp_path)["start_threshold"] == 0.2
