@@ -16,18 +16,16 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
-from probe import segment_scores  # bench/ is on the path: F1@5 and Pk of one transcript's starts
-
 from chaptering.config import get_settings
 from chaptering.io import read_transcripts
-from chaptering.metrics import match
+from chaptering.metrics import line_f1_and_pk, match
 from chaptering.schema import Prediction, Transcript
 
 Picker = Callable[[Transcript, list[int], int], list[int]]
 
 
 def mean_scores(heldout: list[Transcript], pick: Picker) -> tuple[float, float]:
-    scores = [segment_scores(pick(t, [c.start_segment for c in t.chapters or []], len(t.segments)), t)
+    scores = [line_f1_and_pk(pick(t, [c.start_segment for c in t.chapters or []], len(t.segments)), t)
               for t in heldout]
     return statistics.mean(f for f, _ in scores), statistics.mean(p for _, p in scores)
 

@@ -27,7 +27,7 @@ from chaptering.baselines import expected_chapters, top_starts
 from chaptering.config import get_settings
 from chaptering.curate import ContaminationGuard
 from chaptering.io import read_transcripts
-from chaptering.metrics import boundary_prf, pk, score
+from chaptering.metrics import line_f1_and_pk, score
 from chaptering.models import load_model, resolve_base
 from chaptering.schema import Prediction, Transcript
 
@@ -81,12 +81,6 @@ def features(model: Any, tok: Any, transcripts: list[Transcript], max_tokens: in
     return out
 
 
-def segment_scores(starts: list[int], t: Transcript) -> tuple[float, float]:
-    """F1@5 and Pk of chapter starts picked from probe scores (the values `metrics.score` reports)."""
-    ref = [c.start_segment for c in t.chapters or []]
-    return boundary_prf(ref, starts, 5)[2], pk(ref, starts, len(t.segments))
-
-
 def probe(train: list[dict[str, Any]], test: list[dict[str, Any]], key: str, c: float) -> dict[str, float]:
     """Mean per-transcript AUC on `test` of a probe fitted on `train` (transcripts with both classes), and
     mean F1@5 / Pk of the starts its scores pick, with the length rule's count, a count fitted on `train`
@@ -110,11 +104,11 @@ def probe(train: list[dict[str, Any]], test: list[dict[str, Any]], key: str, c: 
         if 0 < sum(r["y"]) < len(r["y"]):
             aucs.append(roc_auc_score(r["y"], s))
         n, keys = len(r["t"].segments), [-v for v in s]
-        rule.append(segment_scores(top_starts(n, keys, expected_chapters(r["t"]) - 1), r["t"]))
-        fitted.append(segment_scores(top_starts(n, keys, max(1, round(a + b * n)) - 1), r["t"]))
-        oracle.append(segment_scores(top_starts(n, keys, len(r["t"].chapters or []) - 1), r["t"]))
+        rule.append(line_f1_and_pk(top_starts(n, keys, expected_chapters(r["t"]) - 1), r["t"]))
+        fitted.append(line_f1_and_pk(top_starts(n, keys, max(1, round(a + b * n)) - 1), r["t"]))
+        oracle.append(line_f1_and_pk(top_starts(n, keys, len(r["t"].chapters or []) - 1), r["t"]))
         p = calibrated.predict_proba(xr)[:, 1]
-        expected.append(segment_scores(top_starts(n, [-v for v in p], round(float(p.sum()))), r["t"]))
+        expected.append(line_f1_and_pk(top_starts(n, [-v for v in p], round(float(p.sum()))), r["t"]))
     mean = statistics.mean
     return {"auc": mean(aucs), "n": len(aucs), "f1_k5": mean(f for f, _ in rule), "pk": mean(p for _, p in rule),
             "fitted_f1_k5": mean(f for f, _ in fitted), "fitted_pk": mean(p for _, p in fitted),

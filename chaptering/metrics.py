@@ -388,3 +388,10 @@ def paired_headline_diff(
     if not diffs:
         raise ValueError("paired comparison: no transcript has a primary F1 on both sides")
     return _macro_bootstrap(diffs, n_boot, seed)
+
+
+def line_f1_and_pk(starts: list[int], transcript: Transcript) -> tuple[float, float]:
+    """F1 within 5 lines and Pk of chapter starts on one transcript (the line-based figures the probe and
+    precision benches compare picks on)."""
+    ref = [c.start_segment for c in transcript.chapters or []]
+    return boundary_prf(ref, starts, 5)[2], pk(ref, starts, len(transcript.segments))
