@@ -95,14 +95,14 @@ def test_data_build_cli_reuses_unchanged_build(flow_settings: Settings, tmp_path
 
 def test_champion_promoted_on_an_older_heldout_set_is_re_evaluated(flow_settings: Settings, monkeypatch) -> None:
     """A new held-out set must not leave every later challenger incomparable with the champion."""
-    from chaptering import pipeline
+    from chaptering import model_stages, pipeline
     from chaptering.evaluate import Report
 
     old = Report("models:/chaptering/4", "old.jsonl", "old-set-fp", {})
     monkeypatch.setattr(registry, "champion_report", lambda s: old)
     monkeypatch.setattr(registry, "champion_version", lambda s: "4")
     asked: list[str] = []
-    monkeypatch.setattr(pipeline, "reference_report", lambda spec, s: asked.append(spec) or f"report of {spec}")
+    monkeypatch.setattr(model_stages, "reference_report", lambda spec, s: asked.append(spec) or f"report of {spec}")
     assert pipeline.champion_on_heldout(flow_settings) == "report of models:/chaptering/4"
     assert asked == ["models:/chaptering/4"]
 
