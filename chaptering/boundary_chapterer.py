@@ -90,12 +90,9 @@ def load_bundle(folder: Path, name: str, base: str, cache_dir: Path, dtype: str 
 
 
 def load_titler(adapter: Path, base: str, cache_dir: Path, dtype: str = "float32") -> LLMTitler:
-    from chaptering.models import load_model, load_tokenizer, resolve_base
+    from chaptering.models import load_adapted
 
-    model, tok = load_model(resolve_base(base, cache_dir), adapter=adapter, dtype=dtype)
-    if (adapter / "tokenizer_config.json").is_file():  # the chat template it was trained with
-        tok = load_tokenizer(str(adapter))
-    return LLMTitler(model, tok)
+    return LLMTitler(*load_adapted(base, adapter, cache_dir, dtype))
 
 
 def write_bundle(out: Path, boundary: BoundaryModel, adapter: Path | None) -> Path:
@@ -109,12 +106,3 @@ def write_bundle(out: Path, boundary: BoundaryModel, adapter: Path | None) -> Pa
         shutil.copytree(adapter, out / ADAPTER_DIR,
                         ignore=shutil.ignore_patterns("checkpoint-*", "optimizer.pt", "*.bin", "rng_state*"))
     return out
-
-
-def describe(chapterer: Any) -> dict[str, Any]:
-    """What a bundle is made of, for tags and the run summary."""
-    if not isinstance(chapterer, BoundaryChapterer):
-        return {}
-    return {"kind": "boundary", "titles": "llm" if chapterer.titler is not None else "keywords",
-            "threshold": chapterer.boundary.decoder.threshold, **{
-                k: chapterer.boundary.card.get(k) for k in ("val_primary_f1", "rounds", "train_transcripts")}}

@@ -98,6 +98,15 @@ def load_model(name_or_path: str, adapter: str | Path | None = None, dtype: str 
     return model, tok
 
 
+
+def load_adapted(base: str, adapter: Path, cache_dir: Path, dtype: str = "float32") -> tuple[Any, Any]:
+    """A registered or bundled adapter on its base, with the tokenizer (chat template) it was trained with
+    when it carries one: what a version loads, so prompts render exactly as in training."""
+    model, tok = load_model(resolve_base(base, cache_dir), adapter=adapter, dtype=dtype)
+    if (Path(adapter) / "tokenizer_config.json").is_file():
+        tok = load_tokenizer(str(adapter))
+    return model, tok
+
 def read_adapter_base(adapter_dir: Path) -> str | None:
     """The base model an adapter folder was trained on (PEFT writes it into adapter_config.json)."""
     cfg = adapter_dir / "adapter_config.json"

@@ -152,7 +152,7 @@ def _chaptering_model_class(python_model: type) -> type:
 
         def load_context(self, context: Any) -> None:
             from chaptering.config import get_settings
-            from chaptering.models import load_model, load_tokenizer, resolve_base
+            from chaptering.models import load_adapted
             from chaptering.predict import LLMChapterer, llm_options
 
             cfg = dict(context.model_config or {})
@@ -168,10 +168,8 @@ def _chaptering_model_class(python_model: type) -> type:
                 return
             adapter = Path(context.artifacts["adapter"])
             _check_safetensors_only(adapter)
-            base = resolve_base(cfg.get("base_model", "embedded"), cache_dir)
-            model, tok = load_model(base, adapter=adapter, dtype=cfg.get("dtype", "float32"))
-            if (adapter / "tokenizer_config.json").is_file():  # the chat template it was trained with
-                tok = load_tokenizer(str(adapter))
+            model, tok = load_adapted(cfg.get("base_model", "embedded"), adapter, cache_dir,
+                                      cfg.get("dtype", "float32"))
             self.chapterer = LLMChapterer(model, tok, name, **llm_options(cfg, adapter))
 
         def predict(self, context, model_input, params=None):
