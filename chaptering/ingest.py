@@ -10,11 +10,7 @@ Bad records never stop an ingest: they are appended to ``rejected`` (-> ``quaran
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import chain
@@ -24,93 +20,17 @@ from typing import TYPE_CHECKING, Any
 from chaptering.feedback import FeedbackStore, check_event_chapters, parse_row
 from chaptering.io import InputError, Rejected, check_file_name, iter_located_transcripts
 from chaptering.schema import FeedbackEvent, Transcript
+from chaptering.walk import SKIPPED, SUFFIXES, _files, file_digest
+from chaptering.watermarks import Watermarks
 
 if TYPE_CHECKING:
     from chaptering.config import Settings
 
-SUFFIXES = (".jsonl", ".json", ".vtt", ".srt")
 FEEDBACK_KEY = "feedback"
 FEEDBACK_SOURCE = "feedback_events"  # the `source` of a quarantined feedback row
-SKIPPED = "skipped"  # the reason kind of every file a folder walk does not read
 
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """tmp file beside the target + os.replace: a crash leaves the old watermarks, never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        # Not silently "empty": that would re-ingest every feedback event into the corpus twice.
-        raise ValueError(f"{path}: watermarks are not valid JSON ({exc}); fix or delete the file") from None
-    if not isinstance(data, dict):
-        raise TypeError(f"{path}: watermarks must be a JSON object")
-    return data
-
-
-class Watermarks:
-    """Committed watermarks (what the last successful run consumed) and this run's pending ones.
-
-    Readers compare against the committed state and write the pending one; nothing reaches the file
-    until `commit`.
-    """
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self._committed: dict[str, Any] = _read_json(self.path) if self.path.exists() else {}
-        self._pending: dict[str, Any] = copy.deepcopy(self._committed)
-        self._full = False
-
-    def get(self, key: str) -> dict[str, Any]:
-        """The committed watermark of a source ({} after `reset`, i.e. read everything)."""
-        return {} if self._full else copy.deepcopy(self._committed.get(key, {}))
-
-    def pending(self, key: str) -> dict[str, Any]:
-        """This run's watermark of a source, live: readers update it as they consume input."""
-        return self._pending.setdefault(key, {})
-
-    def reset(self) -> None:
-        """Full re-read (rebuilding the dataset from scratch): ignore the committed state; the pending
-        state then holds only what this run saw."""
-        self._full = True
-        self._pending = {}
-
-    @property
-    def state(self) -> dict[str, Any]:
-        """A copy of the pending state: what `commit` would write."""
-        return copy.deepcopy(self._pending)
-
-    def commit(self) -> None:
-        """Persist the pending state: call only once everything downstream of the read has succeeded."""
-        _write_json_atomic(self.path, self._pending)
-        self._committed = copy.deepcopy(self._pending)
-        self._full = False
-
-    def save_pending(self, path: Path | str) -> Path:
-        """Park the pending state in a run folder, for a later `commit_pending` in another process."""
-        _write_json_atomic(Path(path), self._pending)
-        return Path(path)
-
-    def commit_pending(self, path: Path | str) -> bool:
-        """Commit a state parked by `save_pending`; False (nothing moves) when there is none."""
-        path = Path(path)
-        if not path.exists():
-            return False
-        self._pending = _read_json(path)
-        self.commit()
-        return True
+__all__ = ["SKIPPED", "SUFFIXES", "IngestReport", "Watermarks", "file_digest", "ingest", "ingest_feedback",
+           "ingest_files"]
 
 
 def reason_kind(reason: str) -> str:
@@ -137,114 +57,6 @@ class IngestReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# ------------------------------------------------------------------------------------------------ files
-
-
-def _skip(rejected: list[Rejected], path: Path | str, why: str) -> None:
-    rejected.append(Rejected(source=str(path), location="file", reason=f"{SKIPPED}: {why}"))
-
-
-def _inside(path: Path, root: Path) -> bool:
-    """Whether `path` (resolved) lies in `root` (resolved)."""
-    return path == root or root in path.parents
-
-
-def _walk(root: Path, rejected: list[Rejected], follow_symlinks: bool) -> list[Path]:
-    """Readable transcript files under `root`, sorted; every other entry is quarantined with why.
-
-    Hidden entries (half-written temp files, .git) and other file types are reported, not read; a
-    symlink is followed only when it stays inside `root` (or `follow_symlinks`), so a link cannot make
-    the nightly read a system file; FIFOs and devices, which would block a read, are refused.
-    """
-    top = root.resolve()
-    found: list[Path] = []
-    seen_dirs: set[Path] = set()
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        real = folder.resolve()
-        if real in seen_dirs:
-            continue  # a symlink loop, or two links to one folder: walked once
-        seen_dirs.add(real)
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as exc:
-            _skip(rejected, folder, f"folder not readable ({exc.strerror or exc})")
-            continue
-        for entry in entries:
-            path = Path(entry.path)
-            why = _skip_reason(entry, path, top, follow_symlinks)
-            if why is not None:
-                _skip(rejected, path, why)
-            elif entry.is_dir():
-                stack.append(path)
-            else:
-                found.append(path)
-    return sorted(found)
-
-
-def _skip_reason(entry: os.DirEntry, path: Path, top: Path, follow_symlinks: bool) -> str | None:
-    """Why a folder entry is not read (None: read it, or walk into it)."""
-    try:
-        check_file_name(entry.name)
-    except InputError as err:
-        return err.reason
-    if entry.name.startswith("."):
-        return "hidden entry (a name starting with '.' is a temporary or private file), not read"
-    if entry.is_symlink():
-        try:
-            target = path.resolve(strict=True)
-        except (OSError, RuntimeError):
-            return "broken symlink"
-        if not follow_symlinks and not _inside(target, top):
-            return "symlink to a path outside the input folder, not followed"
-    try:
-        if entry.is_dir():
-            return None
-        if not entry.is_file():
-            return "not a regular file (FIFO, socket or device)"
-    except OSError as exc:
-        return f"not readable ({exc.strerror or exc})"
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        kind = "compressed file (decompress it first)" if suffix in (".gz", ".bz2", ".xz", ".zip", ".zst") \
-            else f"unsupported file type {suffix or '(none)'!r}"
-        return f"{kind}; folder ingest reads {', '.join(SUFFIXES)}"
-    return None
-
-
-def _files(paths: Iterable[Path], rejected: list[Rejected], follow_symlinks: bool = False) -> list[Path]:
-    """Files to read, in a deterministic order: folders are walked recursively (`_walk` quarantines
-    what it does not read); files named explicitly are read whatever their type (the reader quarantines
-    an unsupported one). Missing paths are a configuration error and raise."""
-    out: list[Path] = []
-    seen: set[Path] = set()
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = _walk(p, rejected, follow_symlinks)
-        elif p.is_file():
-            found = [p]
-        else:
-            raise FileNotFoundError(f"ingest input {p} does not exist")
-        for f in found:
-            key = f.resolve()
-            if key not in seen:
-                seen.add(key)
-                out.append(f)
-    return out
-
-
-def file_digest(path: Path) -> tuple[str, int]:
-    """(sha256 hex, size in bytes), read in chunks."""
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
 
 
 def ingest_files(

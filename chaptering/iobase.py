@@ -95,7 +95,8 @@ def _decode(data: bytes, name: str) -> str:
 
 
 def _atomic_write(path: Path | str, chunks: Iterable[str]) -> None:
-    """Write to a temporary file beside the target, then rename: readers never see half a file."""
+    """Write to a temporary file beside the target, fsync, then rename: readers never see half a file,
+    and a crash after the rename cannot leave an empty one (the watermarks rely on that)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -103,6 +104,8 @@ def _atomic_write(path: Path | str, chunks: Iterable[str]) -> None:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             for chunk in chunks:
                 f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -250,7 +250,7 @@ def _chain(*iterables):
 
 def commit_stage(settings: Settings, run_dir: Path) -> dict[str, int]:
     """The run succeeded: append its transcripts and feedback to the corpus, move the watermarks."""
-    from chaptering.ingest import Watermarks
+    from chaptering.watermarks import Watermarks
 
     corpus = _corpus(settings)
     counts = {}

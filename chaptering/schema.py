@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from itertools import pairwise
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -223,3 +223,12 @@ class FeedbackEvent(TextModel):
     @property
     def kind(self) -> Literal["edit", "rating"]:
         return "edit" if self.corrected is not None else "rating"
+
+
+@runtime_checkable
+class Chapterer(Protocol):
+    """Anything with a name that turns a transcript into a prediction (LLMs, baselines, bundles alike)."""
+
+    name: str
+
+    def predict(self, transcript: Transcript) -> Prediction: ...
