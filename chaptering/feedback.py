@@ -1,181 +1,76 @@
-"""The feedback store: what the service predicted, and what users did with it.
+"""The feedback store: what the service predicted, and what users did with it (`FeedbackStore`).
 
 SQLAlchemy 2.0 over any SQL URL: a SQLite file by default (shared by the service and the nightly flow,
-hence WAL), PostgreSQL at scale. Two tables:
+hence WAL), PostgreSQL at scale (docs/postgres.md). The tables are in `chaptering.feedback_tables`, their
+schema comes from the Alembic migrations in `chaptering.migrations` (run when a store is first used),
+and the row checks are in `chaptering.feedback_rows`; the names other modules import from here stay here.
 
-- ``predictions``: every prediction served, with the transcript as served (PII scrubbed by curation's
-  rules), so a later edit or rating can be turned into a training pair without the app having to send
-  the transcript again; `purge_transcripts` drops stored transcripts past the retention period;
-- ``feedback_events``: one row per edit or rating. The autoincrement id is the event's sequence number:
-  the nightly ingest keeps the last id it consumed as its watermark. An optional client idempotency
-  key is unique, so a retried POST cannot put one user action into training twice.
-
-Rows are read back defensively (`events_after` yields None for a row that no longer validates, or
-that cannot even be fetched) because other writers and old schema versions can leave rows behind that
-today's models refuse; the ingest quarantines those instead of crashing the nightly run.
+The nightly ingest reads events by id after its watermark, so an id must never become visible after a
+larger one: on SQLite the single writer lock gives that; on PostgreSQL ids come from a sequence at insert
+time and transactions can commit out of order, so writers take a table lock that lets readers through
+(`_serialize_writers`) and ids commit in order.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
-from sqlalchemy import JSON, DateTime, Integer, String, create_engine, event, func, inspect, select, update
+from pydantic import BaseModel
+from sqlalchemy import create_engine, event, func, select, text, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
-from sqlalchemy.types import TypeDecorator
 
-from chaptering.schema import Chapter, FeedbackEvent, Transcript, check_chapters
-
-_ID_LEN = 255  # VARCHAR bound that every backend can index (MySQL included)
-_STREAM_BATCH = 500
-UNREADABLE = "_unreadable"  # key of a raw row that could not be fetched (why), see `events_after`
-
-
-class UnknownPrediction(LookupError):
-    """Feedback names a prediction id the store never served (a stale or forged client)."""
-
-
-class InvalidFeedback(ValueError):
-    """Feedback that contradicts the prediction it names (other transcript, chapters out of range)."""
-
-
-class IdempotencyConflict(ValueError):
-    """An idempotency key sent again with a different event: the client reused a key by mistake."""
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _utc(value: datetime) -> datetime:
-    """Naive datetimes are taken as UTC: the store only ever writes UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class UTCDateTime(TypeDecorator):
-    """Timezone-aware UTC in and out, also on SQLite (which stores no offset and hands back naive)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return None if value is None else _utc(value)
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return None if value is None else _utc(value)
-
-
-class InvalidJSON(str):
-    """A stored JSON column that does not parse (SQLite keeps any text): kept so the row can be
-    reported and quarantined instead of breaking the whole read."""
-
-
-def _lenient_json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError):
-        return InvalidJSON(text)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class PredictionRow(Base):
-    __tablename__ = "predictions"
-
-    prediction_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    transcript_id: Mapped[str] = mapped_column(String(_ID_LEN), index=True)
-    model_version: Mapped[str] = mapped_column(String(_ID_LEN))
-    chapters: Mapped[Any] = mapped_column(JSON)
-    transcript: Mapped[Any | None] = mapped_column(JSON(none_as_null=True), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now, index=True)
-
-
-class FeedbackRow(Base):
-    __tablename__ = "feedback_events"
-    # AUTOINCREMENT: without it SQLite may hand a deleted maximum id out again, and a reused id at or
-    # below the watermark would never be ingested.
-    __table_args__: ClassVar[dict[str, Any]] = {"sqlite_autoincrement": True}
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    transcript_id: Mapped[str] = mapped_column(String(_ID_LEN), index=True)
-    prediction_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
-    model_version: Mapped[str] = mapped_column(String(_ID_LEN))
-    predicted: Mapped[Any] = mapped_column(JSON)
-    corrected: Mapped[Any | None] = mapped_column(JSON(none_as_null=True), nullable=True)
-    rating: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    user_id: Mapped[str] = mapped_column(String(_ID_LEN))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
-    idempotency_key: Mapped[str | None] = mapped_column(String(_ID_LEN), nullable=True, unique=True, index=True)
-
-
-_EVENT_COLUMNS = (
-    "transcript_id",
-    "prediction_id",
-    "model_version",
-    "predicted",
-    "corrected",
-    "rating",
-    "user_id",
+from chaptering.feedback_rows import (
+    UNREADABLE,
+    IdempotencyConflict,
+    InvalidFeedback,
+    UnknownPrediction,
+    check_event_chapters,
+    check_len,
+    dump,
+    parse_row,
+    prediction_dict,
+    same_event,
+    transcript_of,
 )
+from chaptering.feedback_tables import Base, FeedbackRow, InvalidJSON, PredictionRow, lenient_json, now, utc
+from chaptering.schema import Chapter, FeedbackEvent, Transcript
 
+__all__ = [
+    "UNREADABLE",
+    "Base",
+    "FeedbackRow",
+    "FeedbackStore",
+    "IdempotencyConflict",
+    "InvalidFeedback",
+    "InvalidJSON",
+    "PredictionRow",
+    "UnknownPrediction",
+    "check_event_chapters",
+    "parse_row",
+]
 
-def _reason(exc: Exception, limit: int = 3) -> str:
-    """A validation error as one short line ("predicted: chapters are not strictly increasing")."""
-    if not isinstance(exc, ValidationError):
-        return str(exc)
-    parts = []
-    for err in exc.errors(include_url=False):
-        loc = ".".join(str(x) for x in err["loc"])
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts[:limit] + ([f"and {len(parts) - limit} more"] if len(parts) > limit else []))
-
-
-def parse_row(raw: dict[str, Any]) -> tuple[FeedbackEvent | None, str | None]:
-    """A stored feedback row -> (event, None), or (None, why it no longer validates)."""
-    if UNREADABLE in raw:
-        return None, f"stored row cannot be read: {raw[UNREADABLE]}"
-    for col in ("predicted", "corrected"):
-        if isinstance(raw.get(col), InvalidJSON):
-            return None, f"{col}: stored value is not valid JSON"
-    try:
-        event = FeedbackEvent.model_validate(
-            {**{k: raw.get(k) for k in _EVENT_COLUMNS}, "timestamp": raw.get("created_at")}
-        )
-    except ValidationError as exc:
-        return None, _reason(exc)
-    return event, None
-
-
-def _check_len(name: str, value: str | None) -> None:
-    if value is not None and len(value) > _ID_LEN:
-        raise InvalidFeedback(f"{name} is longer than {_ID_LEN} characters")
-
-
-def _dump(chapters: Sequence[BaseModel]) -> list[dict[str, Any]]:
-    return [c.model_dump(mode="json") for c in chapters]
+_STREAM_BATCH = 500
 
 
 class FeedbackStore:
-    """The store behind /v1/feedback and the nightly ingest. One engine per store; tables are created
-    on first use, so constructing a store (e.g. at service start-up) touches no database."""
+    """The store behind /v1/feedback and the nightly ingest. One engine per store; the schema is
+    migrated to the newest revision on first use, so constructing a store (e.g. at service start-up)
+    touches no database."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         parsed = make_url(url)
         kwargs: dict[str, Any] = {"future": True}
         self._sqlite = parsed.get_backend_name() == "sqlite"
+        self._postgres = parsed.get_backend_name() == "postgresql"
         if self._sqlite:
             db = parsed.database or ""
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}  # wait on the other writer
@@ -183,7 +78,7 @@ class FeedbackStore:
                 kwargs["poolclass"] = StaticPool  # one shared connection, or each would see an empty DB
             elif not db.startswith("file:"):
                 Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(url, json_deserializer=_lenient_json, **kwargs)
+        self.engine: Engine = create_engine(url, json_deserializer=lenient_json, **kwargs)
         if self._sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
@@ -194,21 +89,16 @@ class FeedbackStore:
         if not self._ready:
             with self._lock:
                 if not self._ready:
-                    Base.metadata.create_all(self.engine)
-                    self._add_missing_columns()
+                    from chaptering.migrations import upgrade
+
+                    upgrade(self.engine)
                     self._ready = True
 
-    def _add_missing_columns(self) -> None:
-        """Additive migration of stores created before a column existed (create_all adds no columns)."""
-        have = {c["name"] for c in inspect(self.engine).get_columns(FeedbackRow.__tablename__)}
-        if "idempotency_key" in have:
-            return
-        with self.engine.begin() as conn:
-            conn.exec_driver_sql(f"ALTER TABLE feedback_events ADD COLUMN idempotency_key VARCHAR({_ID_LEN})")
-            conn.exec_driver_sql(
-                "CREATE UNIQUE INDEX IF NOT EXISTS ix_feedback_events_idempotency_key "
-                "ON feedback_events (idempotency_key)"
-            )
+    def _serialize_writers(self, s: Session) -> None:
+        """On PostgreSQL, make ids commit in id order (see the module docstring): SHARE ROW EXCLUSIVE
+        conflicts with itself and with plain INSERTs, not with SELECTs, and goes at commit."""
+        if self._postgres:
+            s.execute(text(f"LOCK TABLE {FeedbackRow.__tablename__} IN SHARE ROW EXCLUSIVE MODE"))
 
     def close(self) -> None:
         """Release pooled connections (tests, and processes that outlive their use of the store)."""
@@ -224,8 +114,8 @@ class FeedbackStore:
         from chaptering.curate import scrub_transcript  # numpy and friends: only when serving
 
         self._init()
-        _check_len("transcript id", transcript.id)
-        _check_len("model version", model_version)
+        check_len("transcript id", transcript.id)
+        check_len("model version", model_version)
         pid = uuid.uuid4().hex
         with self._session.begin() as s:
             s.add(
@@ -233,9 +123,9 @@ class FeedbackStore:
                     prediction_id=pid,
                     transcript_id=transcript.id,
                     model_version=model_version,
-                    chapters=_dump(chapters),
+                    chapters=dump(chapters),
                     transcript=scrub_transcript(transcript).model_dump(mode="json"),
-                    created_at=_now(),
+                    created_at=now(),
                 )
             )
         return pid
@@ -247,7 +137,7 @@ class FeedbackStore:
         with self._session.begin() as s:
             result = s.execute(
                 update(PredictionRow)
-                .where(PredictionRow.created_at < _utc(older_than), PredictionRow.transcript.is_not(None))
+                .where(PredictionRow.created_at < utc(older_than), PredictionRow.transcript.is_not(None))
                 .values(transcript=None)
             )
             return int(result.rowcount or 0)
@@ -256,7 +146,7 @@ class FeedbackStore:
         self._init()
         with self._session() as s:
             row = s.get(PredictionRow, prediction_id)
-            return None if row is None else _prediction_dict(row)
+            return None if row is None else prediction_dict(row)
 
     def _latest_prediction_id(self, transcript_id: str, model_version: str) -> str | None:
         with self._session() as s:
@@ -287,8 +177,8 @@ class FeedbackStore:
         """
         self._init()
         for name in ("transcript_id", "model_version", "user_id"):
-            _check_len(name, getattr(event, name))
-        _check_len("idempotency key", idempotency_key)
+            check_len(name, getattr(event, name))
+        check_len("idempotency key", idempotency_key)
         if idempotency_key is not None:
             seen = self._replay(idempotency_key, event)
             if seen is not None:
@@ -296,15 +186,16 @@ class FeedbackStore:
         pid = self._check_prediction(event)
         try:
             with self._session.begin() as s:
+                self._serialize_writers(s)
                 row = FeedbackRow(
                     transcript_id=event.transcript_id,
                     prediction_id=pid,
                     model_version=event.model_version,
-                    predicted=_dump(event.predicted),
-                    corrected=None if event.corrected is None else _dump(event.corrected),
+                    predicted=dump(event.predicted),
+                    corrected=None if event.corrected is None else dump(event.corrected),
                     rating=event.rating,
                     user_id=event.user_id,
-                    created_at=_utc(event.timestamp),
+                    created_at=utc(event.timestamp),
                     idempotency_key=idempotency_key,
                 )
                 s.add(row)
@@ -342,7 +233,7 @@ class FeedbackStore:
                                   "longer kept, so the feedback cannot be used")
         # A prediction stored with an unusable transcript is not the client's fault: keep the event
         # (ingest quarantines it with the reason).
-        transcript, _ = _transcript_of(pred, event)
+        transcript, _ = transcript_of(pred, event)
         if transcript is not None:
             try:
                 check_event_chapters(event, transcript)
@@ -356,15 +247,7 @@ class FeedbackStore:
             row = s.scalars(select(FeedbackRow).where(FeedbackRow.idempotency_key == key)).first()
             if row is None:
                 return None
-            same = (
-                row.transcript_id == event.transcript_id
-                and row.model_version == event.model_version
-                and (event.prediction_id is None or row.prediction_id == event.prediction_id)
-                and row.predicted == _dump(event.predicted)
-                and row.corrected == (None if event.corrected is None else _dump(event.corrected))
-                and row.rating == event.rating
-                and row.user_id == event.user_id
-            )
+            same = same_event(row, event)
             if not same:
                 raise IdempotencyConflict(f"idempotency key {key!r} was already used for a different event")
             return row.id
@@ -420,7 +303,7 @@ class FeedbackStore:
         pred = self.get_prediction(event.prediction_id)
         if pred is None:
             return None, f"prediction {event.prediction_id} not found"
-        return _transcript_of(pred, event)
+        return transcript_of(pred, event)
 
     def transcript_for(self, event: FeedbackEvent) -> Transcript | None:
         """The transcript as it was served with the event's prediction, or None if unknown."""
@@ -430,46 +313,6 @@ class FeedbackStore:
         self._init()
         with self._session() as s:
             return s.scalar(select(func.count()).select_from(FeedbackRow)) or 0
-
-
-def check_event_chapters(event: FeedbackEvent, transcript: Transcript) -> None:
-    """Both chapter lists must fit the transcript (ValueError otherwise): a boundary past the end
-    would become a training target the model can never produce."""
-    n = len(transcript.segments)
-    for name, chapters in (("predicted", event.predicted), ("corrected", event.corrected)):
-        if chapters is not None:
-            try:
-                check_chapters(chapters, n)
-            except ValueError as exc:
-                raise ValueError(f"{name}: {exc}") from None
-
-
-def _transcript_of(pred: dict[str, Any], event: FeedbackEvent) -> tuple[Transcript | None, str | None]:
-    pid = pred["prediction_id"]
-    if pred["transcript"] is None:
-        return None, f"prediction {pid} has no stored transcript"
-    if pred["transcript_id"] != event.transcript_id:
-        return (
-            None,
-            f"prediction {pid} is for transcript {pred['transcript_id']!r}, not {event.transcript_id!r}",
-        )
-    if isinstance(pred["transcript"], InvalidJSON):
-        return None, f"prediction {pid}: stored transcript is not valid JSON"
-    try:
-        return Transcript.model_validate(pred["transcript"]), None
-    except ValidationError as exc:
-        return None, f"prediction {pid}: stored transcript is invalid ({_reason(exc)})"
-
-
-def _prediction_dict(row: PredictionRow) -> dict[str, Any]:
-    return {
-        "prediction_id": row.prediction_id,
-        "transcript_id": row.transcript_id,
-        "model_version": row.model_version,
-        "chapters": row.chapters,
-        "transcript": row.transcript,
-        "created_at": row.created_at,
-    }
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

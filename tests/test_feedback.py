@@ -1,18 +1,23 @@
-"""The feedback store on a SQLite file: round trips, validation, watermark reads."""
+"""The feedback store on a SQLite file: round trips, validation, watermark reads, migrations."""
 
 from __future__ import annotations
 
+import json
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, text
+from sqlalchemy import create_engine, delete, inspect, text
 
+from chaptering import migrations
 from chaptering.feedback import (
+    Base,
     FeedbackRow,
     FeedbackStore,
     IdempotencyConflict,
     InvalidFeedback,
+    PredictionRow,
     UnknownPrediction,
     parse_row,
 )
@@ -132,21 +137,93 @@ def test_idempotency_key_stores_an_event_once(store: FeedbackStore) -> None:
     assert any(row[2] for row in indexes), indexes  # a unique index exists
 
 
-def test_idempotency_column_is_added_to_an_old_store(tmp_path: Path) -> None:
-    """A store created before the idempotency key existed gets the column (create_all adds none)."""
+def _legacy_store(url: str, with_key: bool) -> None:
+    """A store as the code before migrations left it: create_all, no version table; before the
+    idempotency key existed, without that column either. One prediction and one event in it."""
+    engine = create_engine(url)
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        if not with_key:
+            conn.exec_driver_sql("DROP INDEX ix_feedback_events_idempotency_key")
+            conn.exec_driver_sql("ALTER TABLE feedback_events DROP COLUMN idempotency_key")
+        conn.execute(text(
+            "INSERT INTO predictions (prediction_id, transcript_id, model_version, chapters, transcript, created_at) "
+            "VALUES ('p1', 't1', '3', '[]', :t, '2026-11-01 00:00:00')"), {"t": make_transcript().model_dump_json()})
+        conn.execute(text(
+            "INSERT INTO feedback_events (transcript_id, prediction_id, model_version, predicted, corrected, rating, "
+            "user_id, created_at) VALUES ('t1', 'p1', '3', :p, NULL, 'accept', 'u', '2026-11-01 00:00:00')"),
+            {"p": json.dumps([c.model_dump() for c in chapters(0, 10)])})
+    engine.dispose()
+
+
+@pytest.mark.parametrize("with_key", [False, True], ids=["before-idempotency-key", "with-idempotency-key"])
+def test_a_store_from_before_migrations_is_adopted(tmp_path: Path, with_key: bool) -> None:
+    """A store made by create_all (no version table) is stamped with the revision its columns match and
+    upgraded: rows kept, ids continue, the idempotency column exists, schema equals the models'."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    old = FeedbackStore(url)
-    old.count()
-    with old.engine.begin() as conn:
-        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_feedback_events_idempotency_key")
-        conn.exec_driver_sql("ALTER TABLE feedback_events DROP COLUMN idempotency_key")
-    old.close()
+    _legacy_store(url, with_key)
     new = FeedbackStore(url)
     try:
+        [(row_id, old_event, _)] = list(new.events_after(0))
+        assert row_id == 1 and old_event is not None and old_event.prediction_id == "p1"
+        assert new.get_prediction("p1")["transcript_id"] == "t1"
         pid = new.record_prediction(make_transcript(), chapters(0, 10), "3")
-        assert new.add_once(edit(pid), "k") == (1, False) and new.add_once(edit(pid), "k") == (1, True)
+        assert new.add_once(edit(pid), "k") == (2, False) and new.add_once(edit(pid), "k") == (2, True)
+        with new.engine.connect() as conn:
+            assert migrations.current(conn) == migrations.head()
+        assert migrations.diff(new.engine) == []
     finally:
         new.close()
+
+
+def test_a_half_store_is_not_adopted(tmp_path: Path) -> None:
+    """Tables of ours without their partner and without a version table: refuse, naming the database."""
+    url = f"sqlite:///{tmp_path / 'half.db'}"
+    engine = create_engine(url)
+    PredictionRow.__table__.create(engine)
+    engine.dispose()
+    store = FeedbackStore(url)
+    try:
+        with pytest.raises(migrations.MigrationError, match=r"half\.db.*feedback_events.*refusing"):
+            store.count()
+    finally:
+        store.close()
+
+
+def test_models_and_migrations_agree(store: FeedbackStore) -> None:
+    """`alembic check` on SQLite: a model change without its migration fails here."""
+    store.count()
+    assert migrations.diff(store.engine) == []
+    with store.engine.connect() as conn:
+        tables = set(inspect(conn).get_table_names())
+    assert tables == {"predictions", "feedback_events", migrations.VERSION_TABLE}
+
+
+def test_stores_opened_at_once_migrate_once(tmp_path: Path) -> None:
+    """The service and the nightly flow opening one fresh store together: one creates the tables, the
+    other waits on the migration lock and finds them (no "table already exists")."""
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    stores = [FeedbackStore(url) for _ in range(4)]
+    start = threading.Barrier(len(stores))
+    errors: list[BaseException] = []
+
+    def open_store(s: FeedbackStore) -> None:
+        start.wait()
+        try:
+            s.count()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for s in stores:
+        s.close()
+    assert errors == []
+    with create_engine(url).connect() as conn:
+        assert conn.exec_driver_sql(f"SELECT count(*) FROM {migrations.VERSION_TABLE}").scalar() == 1
 
 
 def test_stored_transcripts_are_scrubbed_and_expire(store: FeedbackStore) -> None:
