@@ -13,10 +13,7 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,22 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from measure import percentile
+
+from chaptering.server_process import free_port, server_process
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (no interpolation: with 20 samples p95 is an observed latency)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
 def load_payloads(path: Path, include_all: bool) -> list[dict[str, Any]]:
@@ -51,7 +37,7 @@ def load_payloads(path: Path, include_all: bool) -> list[dict[str, Any]]:
     return [t.model_dump(mode="json", exclude={"chapters"}) for t in transcripts]
 
 
-def start_server(args: argparse.Namespace, port: int, log_path: Path) -> subprocess.Popen:
+def server_command(args: argparse.Namespace, port: int) -> list[str]:
     cmd = [sys.executable, "-m", "chaptering.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--model", args.model_spec]
     overrides = list(args.set)
@@ -59,33 +45,7 @@ def start_server(args: argparse.Namespace, port: int, log_path: Path) -> subproc
         overrides.append(f"feedback_url=sqlite:///{(args.out.parent / 'serve-feedback.db').resolve()}")
     for item in overrides:
         cmd += ["--set", item]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "w")  # noqa: SIM115 - lives as long as the server
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_ready(base: str, proc: subprocess.Popen, timeout: float) -> dict[str, Any]:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode} before it was ready (see the log)")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return httpx.get(f"{base}/v1/model", timeout=10).json()
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"server not ready after {timeout} s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)  # uvicorn shuts down gracefully on SIGINT
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    return cmd
 
 
 def one_request(client: httpx.Client, base: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -174,11 +134,12 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = args.out.with_suffix(".server.log")
-    proc = start_server(args, port, log_path)
-    try:
-        t0 = time.perf_counter()
-        model = wait_ready(base, proc, args.startup_timeout)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with server_process(server_command(args, port), f"{base}/healthz", log_path, cwd=ROOT,
+                        name="chaptering serve", ready_s=args.startup_timeout):
         startup_s = time.perf_counter() - t0
+        model = httpx.get(f"{base}/v1/model", timeout=10).json()
         limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
         with httpx.Client(limits=limits) as client:
             for i in range(args.warmup):
@@ -188,8 +149,6 @@ def main() -> None:
             with ThreadPoolExecutor(args.concurrency) as pool:
                 results = list(pool.map(lambda p: one_request(client, base, p, args.request_timeout), jobs))
             wall = time.perf_counter() - t0
-    finally:
-        stop_server(proc)
     report = {
         "model": {k: model.get(k) for k in ("version", "model", "source")},
         "concurrency": args.concurrency,

@@ -29,10 +29,8 @@ import os
 import platform
 import random
 import shutil
-import signal
 import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,6 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from measure import percentile, rss_mb
+
+from chaptering.server_process import free_port, server_process
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"  # loopback only, by construction
@@ -52,31 +53,6 @@ AUTH = {"Authorization": f"Bearer {TOKEN}", "content-type": "application/json"}
 JSON = {"content-type": "application/json"}
 READ_TIMEOUT_S = 2.0  # serve.request_read_timeout_s for the run: slow bodies must be cut within it
 MAX_REQUEST_BYTES = 500_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile: an observed latency, not an interpolation."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))]
-
-
-def rss_mb(pid: int) -> float | None:
-    """Resident set size of a process in MB (Linux /proc), None where unavailable."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 # ----------------------------------------------------------------------------------------------- server
@@ -91,8 +67,8 @@ run_server(apply_overrides(get_settings(), overrides).prepare(), host, int(port)
 """
 
 
-def start_server(state: Path, port: int, model: str, extra: list[str], log_path: Path,
-                 launcher: str = "cli") -> subprocess.Popen:
+def server_command(state: Path, port: int, model: str, extra: list[str],
+                   launcher: str = "cli") -> tuple[list[str], dict[str, str]]:
     """`chaptering serve` (or `serve.run_server`) with a scratch state folder; CHAPTERING_* from the
     caller's environment is dropped so a real config file or store is never touched."""
     empty = state / "no-inputs"
@@ -109,32 +85,7 @@ def start_server(state: Path, port: int, model: str, extra: list[str], log_path:
             cmd += ["--set", item]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHAPTERING_")}
     env["PREFECT_HOME"] = str(state / "prefect")
-    log = log_path.open("w")
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"chaptering serve exited with {proc.returncode} (see the log)")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"chaptering serve was not ready within {timeout} s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    return cmd, env
 
 
 # ---------------------------------------------------------------------------------------------- traffic
@@ -338,11 +289,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
     base = f"http://{HOST}:{port}"
     log_path = state / "serve.log"
-    proc = start_server(state, port, args.model, list(args.set or []), log_path, args.launcher)
+    cmd, env = server_command(state, port, args.model, list(args.set or []), args.launcher)
     tally, slow = Tally(), Counter()
     rss: list[float] = []
-    try:
-        wait_ready(base, proc)
+    with server_process(cmd, f"{base}/healthz", log_path, env=env, cwd=ROOT, name="chaptering serve",
+                        ready_s=180) as proc:
         rss_start_raw = rss_mb(proc.pid)
         with httpx.Client(base_url=base, timeout=60) as warm:  # warm-up, then the baseline RSS
             for i in range(20):
@@ -366,8 +317,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         elapsed = time.monotonic() - t_start
         rss_end = rss_mb(proc.pid)
         server_alive = proc.poll() is None
-    finally:
-        stop_server(proc)
     stored = stored_events(state / "feedback.db")
     lost = sorted(k for k in tally.acked if k not in stored)
     twice = sorted(k for k, ids in stored.items() if k is not None and len(ids) > 1)
