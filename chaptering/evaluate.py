@@ -21,7 +21,7 @@ from chaptering.metrics import (
     score,
 )
 from chaptering.predict import predict_all
-from chaptering.schema import Prediction, Transcript
+from chaptering.schema import Chapterer, Prediction, Transcript
 
 # The columns of every per-domain table, in order: the primary F1 first, Pk never without F1 and the
 # count error. F1@5 is 5 lines (turns in a meeting); F1@5s / F1@3s are time tolerances.
@@ -112,7 +112,7 @@ def result_key(spec: str, transcripts: Sequence[Transcript], settings: Any) -> s
 
 
 def evaluate(
-    chapterer: Any, transcripts: Sequence[Transcript], data_name: str = "", progress: bool = True
+    chapterer: Chapterer, transcripts: Sequence[Transcript], data_name: str = "", progress: bool = True
 ) -> tuple[Report, list[Prediction]]:
     """Score a chapterer on labelled transcripts; returns the report and the predictions behind it."""
     unlabelled = [t.id for t in transcripts if not t.chapters]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from chaptering import prompt
-from chaptering.schema import PredictedChapter, Prediction, Transcript
+from chaptering.schema import Chapterer, PredictedChapter, Prediction, Transcript
 
 Decoding = Literal["ranked", "tagged", "free"]
 
@@ -222,7 +222,7 @@ class LLMChapterer:
         )
 
 
-def predict_all(chapterer: Any, transcripts: Iterable[Transcript], progress: bool = True) -> Iterable[Prediction]:
+def predict_all(chapterer: Chapterer, transcripts: Iterable[Transcript], progress: bool = True) -> Iterable[Prediction]:
     """Predict lazily with a progress bar (tqdm writes to stderr, so stdout stays clean for --json)."""
     from tqdm.auto import tqdm
 

@@ -16,6 +16,7 @@ from chaptering.serve.wire import public_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from chaptering.config import Settings
+    from chaptering.schema import Chapterer
 
 log = logging.getLogger("chaptering.serve")
 
@@ -33,7 +34,7 @@ def _now() -> str:
 class LiveModel:
     """One loaded chapterer and what it is; replaced whole, never mutated."""
 
-    chapterer: Any
+    chapterer: Chapterer
     version: str
     name: str
     source: str

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chaptering.schema import Prediction, Transcript
+from chaptering.schema import Chapterer, Prediction, Transcript
 
 log = logging.getLogger("chaptering.serve")
 
@@ -36,7 +36,7 @@ def _past_deadline() -> bool:
     return limit is not None and time.monotonic() >= limit
 
 
-def bound_generation(chapterer: Any) -> None:
+def bound_generation(chapterer: Chapterer) -> None:
     """Make `chapterer.model.generate` and the structured decoder (`should_stop`) honour the per-thread
     deadline: decoding stops at it, and no new window starts after it. A no-op for chapterers without a
     generating model (baselines)."""
@@ -86,7 +86,7 @@ class PredictRunner:
             pool.shutdown(wait=False, cancel_futures=True)
 
     @staticmethod
-    def _job(chapterer: Any, transcript: Transcript, deadline: float, started: threading.Event) -> Prediction:
+    def _job(chapterer: Chapterer, transcript: Transcript, deadline: float, started: threading.Event) -> Prediction:
         started.set()
         if time.monotonic() >= deadline:
             raise GenerationTimeout(queued=True)
@@ -99,7 +99,7 @@ class PredictRunner:
             raise GenerationTimeout(queued=False)
         return pred
 
-    async def run(self, chapterer: Any, transcript: Transcript) -> Prediction:
+    async def run(self, chapterer: Chapterer, transcript: Transcript) -> Prediction:
         deadline = time.monotonic() + self.timeout_s
         started = threading.Event()
         future = self._executor().submit(self._job, chapterer, transcript, deadline, started)
