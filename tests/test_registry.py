@@ -104,11 +104,20 @@ def test_promotion_refusal_and_rollback(reg: Settings, adapter_dir: Path, tmp_pa
 
     from mlflow import MlflowClient
 
-    tags = MlflowClient().get_model_version(reg.registered_model, v3).tags
-    assert tags["prompt_version"] and tags["git_commit"] and tags["base_model"] == reg.model.base
-    assert tags["metric.eval_short_pk"] and tags["eval_fingerprint"] == FP
-    run_metrics = MlflowClient().get_run(rows[v3]["run_id"]).data.metrics  # every figure, for the compare view
-    assert run_metrics["eval_talks_f1"] == pytest.approx(0.45)
+    client = MlflowClient()
+    mv = client.get_model_version(reg.registered_model, v3)
+    # the version keeps a few readable tags; the figures and the gate's reasons are on its run
+    assert set(mv.tags) == {"base_model", "prompt_version", "eval_fingerprint", "decision", "previous_champion"}
+    assert mv.tags["base_model"] == reg.model.base and mv.tags["eval_fingerprint"] == FP
+    assert mv.description.startswith("promoted: headline 0.450 vs champion 0.300")
+    assert client.get_model_version(reg.registered_model, v2).description.startswith("rejected (")
+    run = client.get_run(rows[v3]["run_id"]).data  # every figure, per domain, for the compare view
+    assert run.metrics["f1/talks"] == pytest.approx(0.45) and run.metrics["pk/short"] == pytest.approx(0.35)
+    assert run.metrics["headline_lo"] < run.metrics["headline"] < run.metrics["headline_hi"]
+    assert run.tags["git_commit"] and run.tags["decision"] == "promoted" and run.tags["registered_version"] == v3
+    assert "ok: headline" in run.tags["decision_reasons"]
+    decision_md = client.download_artifacts(rows[v3]["run_id"], "gate/decision.md", str(tmp_path))
+    assert f"Version {v3}: promoted" in Path(decision_md).read_text()
 
     assert registry.rollback(reg) == v1
     assert registry.champion_version(reg) == v1
@@ -165,10 +174,28 @@ def test_logs_into_the_training_run_with_plots(reg: Settings, adapter_dir: Path,
     client = MlflowClient()
     data = client.get_run(run.info.run_id).data
     assert data.params["base_model"] == reg.model.base and data.params["extra"] == "1"
-    assert set(report(0.3, 0.4).flat_metrics()) <= set(data.metrics)
+    assert set(registry.run_metrics(report(0.3, 0.4))) <= set(data.metrics)
+    assert {"headline", "headline_lo", "f1/short", "f1_lo/short", "pk/talks", "unusable/pooled"} <= set(data.metrics)
+    assert data.tags["train_config"] == "abc" and data.tags["eval_fingerprint"] == FP
     assert {a.path for a in client.list_artifacts(run.info.run_id, "eval")} == {"eval/report.json",
                                                                                "eval/timeline.png"}
     assert client.get_model_version(reg.registered_model, cand.version).tags["train_config"] == "abc"
+
+
+def test_versions_registered_with_metric_tags_still_read(reg: Settings, adapter_dir: Path):
+    """Before run metrics, each version kept `metric.eval_*` tags and no report file on some stores."""
+    from mlflow import MlflowClient
+
+    v = log(reg, adapter_dir, None)
+    old = {"metric.eval_headline": "0.41", "metric.eval_short_f1": "0.5", "metric.eval_pk": "0.3",
+           "metric.eval_pk_lo": "0.25", "metric.eval_pk_hi": "0.35", "eval_fingerprint": "old-fp"}
+    for k, value in old.items():
+        MlflowClient().set_model_version_tag(reg.registered_model, v, k, value)
+    registry.promote(v, reg)
+    row = registry.list_versions(reg)[0]
+    assert row["metrics"] == {"headline": 0.41, "short_f1": 0.5, "pk": 0.3, "pk_lo": 0.25, "pk_hi": 0.35}
+    rep = registry.champion_report(reg)
+    assert rep.data_fingerprint == "old-fp" and rep.aggregate["pk"] == {"mean": 0.3, "lo": 0.25, "hi": 0.35}
 
 
 def test_adapter_with_pickled_weights_is_refused(reg: Settings, adapter_dir: Path, tmp_path: Path):
