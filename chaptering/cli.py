@@ -15,7 +15,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Chapter video transcripts: boundary model + fine-tuned LLM titles.")
 
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a setting: section.key=value")]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="base | champion | models:/NAME/VER | PATH | baseline:NAME")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="base | champion | models:/NAME/VER | PATH | "
+                                       "baseline:NAME | export:DIR[@QUANT]")]
 
 
 @app.callback()
@@ -203,6 +204,28 @@ def promote(version: str, set: SetOpt = None) -> None:
     except (LookupError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"champion -> version {version}")
+
+
+@app.command()
+def export(
+    version: Annotated[str, typer.Argument(help="VERSION number | champion | models:/NAME/VER | bundle folder")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (replaced if it is an export)")],
+    quant: Annotated[list[str] | None, typer.Option(
+        "--quant", "-q", help="GGUF quantisation, repeat for several (first = default): q8_0, q4_k_m, f16, ...")] = None,
+    log: Annotated[bool, typer.Option("--log/--no-log", help="Log the folder to the version's MLflow run")] = True,
+    set: SetOpt = None,
+) -> None:
+    """Export a registered chapterer to files that run without PyTorch (GGUF titles, ONNX encoder, trees)."""
+    from chaptering.export import export_model
+
+    settings = _settings(set)
+    try:
+        manifest = export_model(version, out, quant or ["q8_0"], settings, log=log)
+    except (ValueError, LookupError, FileNotFoundError, FileExistsError) as e:
+        _fail(str(e))
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    typer.echo(f"exported {manifest['source']['model']} to {out} ({size / 1e6:.0f} MB); run it with "
+               f"--model export:{out} or python -m chaptering.edge {out} INPUT")
 
 
 @app.command()

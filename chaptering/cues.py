@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,9 +165,11 @@ def line_features(transcript: Transcript, emb: Any) -> Any:
     return np.column_stack([cols[f] for f in FEATURES]).astype(np.float32)
 
 
-def transcript_features(transcript: Transcript, cache_dir: Path | None = None) -> Any:
-    """Features of every line of `transcript` (embeddings from the cache when there)."""
-    return line_features(transcript, line_embeddings(transcript, cache_dir))
+def transcript_features(transcript: Transcript, cache_dir: Path | None = None,
+                        encode: Callable[[Sequence[str]], Any] | None = None) -> Any:
+    """Features of every line of `transcript` (embeddings from the cache when there). `encode` replaces the
+    PyTorch MiniLM (chaptering.edge passes its ONNX export): everything after the encoder is this code."""
+    return line_features(transcript, line_embeddings(transcript, cache_dir, encode))
 
 
 def start_labels(transcript: Transcript) -> Sequence[int]:

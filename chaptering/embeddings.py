@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,33 +57,60 @@ def _encoder(device: str) -> tuple[Any, Any]:
 def embed(texts: Sequence[str], device: str = "cpu", batch_size: int = 64, max_length: int = 128) -> Any:
     """L2-normalised mean-pooled MiniLM embeddings (what sentence-transformers computes), as numpy.
 
-    Texts are sorted by length so each batch pads little; long turns are truncated to `max_length`
-    tokens, which keeps their topic and bounds the cost.
+    Long turns are truncated to `max_length` tokens, which keeps their topic and bounds the cost.
     """
-    import numpy as np
     import torch
 
     tok, model = _encoder(device)
-    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    with torch.inference_mode():
-        for a in range(0, len(order), batch_size):
-            idx = order[a:a + batch_size]
-            enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                      return_tensors="pt").to(device)
+
+    def encode(batch: Sequence[str]) -> Any:
+        enc = tok(list(batch), padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
+        with torch.inference_mode():
             hidden = model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out[idx] = torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
+        return mean_pool(hidden.float().cpu().numpy(), enc["attention_mask"].cpu().numpy())
+
+    return embed_batches(texts, encode, model.config.hidden_size, batch_size)
+
+
+def embed_batches(texts: Sequence[str], encode: Callable[[Sequence[str]], Any], dim: int,
+                  batch_size: int = 64) -> Any:
+    """`encode` over batches of texts sorted by length (each batch pads little), back in input order.
+
+    Shared by the PyTorch encoder above and the ONNX one of chaptering.edge, so both batch alike.
+    """
+    import numpy as np
+
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for a in range(0, len(order), batch_size):
+        idx = order[a:a + batch_size]
+        out[idx] = encode([texts[i] for i in idx])
     return out
+
+
+def mean_pool(hidden: Any, mask: Any) -> Any:
+    """Unit-length mean of the token states where `mask` is 1: (batch, seq, dim), (batch, seq) -> (batch, dim).
+
+    numpy, so the PyTorch and the ONNX encoder pool with the same code.
+    """
+    import numpy as np
+
+    m = mask.astype(np.float32)[..., None]
+    pooled = (hidden.astype(np.float32) * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+    norm = np.linalg.norm(pooled, axis=-1, keepdims=True)
+    return (pooled / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
 def _text_key(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
 
 
-def line_embeddings(transcript: Transcript, cache_dir: Path | None = None) -> Any:
-    """(n_lines, 384) unit MiniLM embeddings; empty lines get zeros. Cached per transcript content."""
+def line_embeddings(transcript: Transcript, cache_dir: Path | None = None,
+                    encode: Callable[[Sequence[str]], Any] | None = None) -> Any:
+    """(n_lines, 384) unit MiniLM embeddings; empty lines get zeros. Cached per transcript content.
+
+    `encode` (texts -> unit vectors) defaults to the PyTorch MiniLM (`embed`); chaptering.edge passes its
+    ONNX encoder, so both paths clean, zero and round lines alike."""
     import numpy as np
 
     texts = [clean_line(s.text) for s in transcript.segments]
@@ -93,7 +120,7 @@ def line_embeddings(transcript: Transcript, cache_dir: Path | None = None) -> An
         path = Path(cache_dir) / "embeddings" / f"{key}.npy"
         if path.is_file():
             return np.load(path)
-    emb = embed([t or "." for t in texts])
+    emb = (encode or embed)([t or "." for t in texts])
     emb[[i for i, t in enumerate(texts) if not t]] = 0.0
     emb = emb.astype(np.float16)
     if path is not None:

@@ -13,8 +13,11 @@ from chaptering.predict import LLMChapterer, llm_options
 
 
 def load_chapterer(spec: str, settings: Any) -> Any:
-    """`--model` values: base | champion | models:/NAME/VER | PATH | baseline:NAME, where PATH is a
-    chapterer bundle (boundary/ + adapter/), a boundary model, a PEFT adapter or a model folder."""
+    """`--model` values: base | champion | models:/NAME/VER | PATH | baseline:NAME | export:DIR[@QUANT],
+    where PATH is a chapterer bundle (boundary/ + adapter/), a boundary model, a PEFT adapter or a model
+    folder, and export:DIR a folder written by `chaptering export` (run without PyTorch)."""
+    if spec.startswith("export:"):
+        return load_exported(spec)
     from chaptering.models import load_model, read_adapter_base, resolve_base
 
     cache = settings.cache_dir
@@ -65,6 +68,21 @@ def load_chapterer(spec: str, settings: Any) -> Any:
         "or a folder holding a bundle (boundary/), a boundary model (boundary.json), a model (config.json) "
         "or a PEFT adapter (adapter_config.json)"
     )
+
+
+def load_exported(spec: str) -> Any:
+    """`export:DIR[@QUANT]` -> chaptering.edge's chapterer (ONNX encoder, LightGBM, llama.cpp titles)."""
+    try:
+        from chaptering.edge import load_export, parse_spec
+    except ImportError as err:  # pragma: no cover - the edge extra is absent
+        raise ValueError(f"--model {spec!r} needs the on-device extra: pip install '.[edge]' ({err})") from err
+    folder, quant = parse_spec(spec)
+    try:
+        return load_export(folder, quant)
+    except ImportError as err:
+        raise ValueError(f"--model {spec!r} needs the on-device extra: pip install '.[edge]' ({err})") from err
+    except FileNotFoundError as err:
+        raise ValueError(str(err)) from err
 
 
 def train_mean_chapters(settings: Any) -> float:

@@ -1,0 +1,12 @@
+"""The on-device runtime: an exported folder (`chaptering export`) run without PyTorch.
+
+Only numpy, onnxruntime, tokenizers, lightgbm, llama-cpp-python and pydantic are needed, plus chaptering
+modules that import none of torch/transformers (tests/test_edge.py asserts it). `load_export` is the
+entry point; `python -m chaptering.edge DIR transcripts.jsonl` is the command line.
+"""
+
+from __future__ import annotations
+
+from chaptering.edge.runtime import load_export, parse_spec
+
+__all__ = ["load_export", "parse_spec"]

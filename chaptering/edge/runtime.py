@@ -1,0 +1,73 @@
+"""An exported folder as a chapterer: the bundle's chapterer (boundary_chapterer.BoundaryChapterer) with
+the MiniLM on onnxruntime and the title LM on llama.cpp underneath; no PyTorch is imported.
+
+Boundaries come from the same LightGBM text model and the same cue code (cues.py) fed by the ONNX
+encoder, decoded with the calibration in the manifest; titles from the GGUF, prompted as titles.py does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chaptering.boundary import BoundaryModel
+from chaptering.boundary_chapterer import BoundaryChapterer
+from chaptering.cues import transcript_features
+from chaptering.decode import DecoderSettings
+from chaptering.edge.manifest import read_manifest, verify
+from chaptering.schema import Transcript
+
+
+@dataclass
+class EdgeBoundary(BoundaryModel):
+    """The boundary model with its features from an injected encoder (the ONNX MiniLM) and no cache."""
+
+    encode: Any = None
+
+    def scores(self, transcript: Transcript, cache_dir: Path | None = None) -> list[float]:
+        if len(transcript.segments) < 2:
+            return [1.0] * len(transcript.segments)
+        p = [float(v) for v in self.booster.predict(transcript_features(transcript, None, self.encode))]
+        p[0] = 1.0
+        return p
+
+
+def parse_spec(spec: str) -> tuple[Path, str | None]:
+    """`export:DIR` or `export:DIR@QUANT` -> (folder, quantisation or None for the manifest's default)."""
+    rest = spec.removeprefix("export:")
+    folder, _, quant = rest.partition("@")
+    if not folder:
+        raise ValueError(f"--model {spec!r}: expected export:DIR or export:DIR@QUANT")
+    return Path(folder), quant or None
+
+
+def load_export(folder: Path, quant: str | None = None, threads: int | None = None,
+                checksums: bool = False, name: str | None = None) -> BoundaryChapterer:
+    """An exported folder -> chapterer. `quant` picks one of the GGUFs it holds (default: the first
+    exported); `checksums` hashes every file against the manifest (sizes are always checked)."""
+    from chaptering.edge.encoder import OnnxEncoder
+    from chaptering.titles import TITLE_PROMPT_VERSION
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    verify(folder, manifest, checksums)
+    if manifest.get("prompt_version") != TITLE_PROMPT_VERSION:
+        raise ValueError(f"{folder}: exported with title prompt {manifest.get('prompt_version')!r}, this "
+                         f"chaptering renders {TITLE_PROMPT_VERSION!r}: export the model again")
+    trees = BoundaryModel.load(folder / "boundary")
+    decoder = DecoderSettings(**manifest["calibration"])
+    boundary = EdgeBoundary(booster=trees.booster, decoder=decoder, card=trees.card,
+                            encode=OnnxEncoder(folder / "encoder", threads))
+    titler = None
+    llm = manifest.get("llm")
+    if llm:
+        quant = quant or llm["default"]
+        if quant not in llm["files"]:
+            raise ValueError(f"{folder}: no {quant!r} GGUF; this export holds {', '.join(llm['files'])}")
+        from chaptering.edge.titler import GGUFTitler
+
+        titler = GGUFTitler(folder / llm["files"][quant], folder / llm["tokenizer"], llm, threads,
+                            max_new_tokens=int(llm.get("max_new_tokens", 16)))
+    label = f"edge:{quant}" if titler is not None else "edge"
+    return BoundaryChapterer(boundary, titler, name or f"{manifest['source']['model']} ({label})")

@@ -1,0 +1,84 @@
+"""Chapter titles from the exported GGUF on llama.cpp: the prompt of titles.py, rendered with the chat
+template and split by the tokenizer the adapter was trained with, then greedy decoding.
+
+Prompts are tokenized with `tokenizers` (the adapter's own tokenizer.json), not llama.cpp's tokenizer,
+so the token ids are exactly those the PyTorch titler feeds its model; llama.cpp only runs the network.
+One chapter at a time: consecutive prompts share the system and instruction prefix, which llama.cpp
+keeps in its KV cache. `LLMTitler.titles` (the deadline checks, the "" for chapters left untitled) is
+inherited, so the two runtimes title the same chapters the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from chaptering.prompt import clean_title
+from chaptering.titles import MAX_TITLE_TOKENS, LLMTitler, title_messages
+
+
+def render_chat(template: str, messages: Sequence[Mapping[str, str]], specials: Mapping[str, str]) -> str:
+    """The chat template rendered as transformers' apply_chat_template does (sandboxed Jinja with
+    trim_blocks, lstrip_blocks and loop controls; special tokens as variables), generation prompt on."""
+    from jinja2.exceptions import TemplateError
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+               sort_keys: bool = False) -> str:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template).render(messages=list(messages), add_generation_prompt=True, **specials)
+
+
+class GGUFTitler(LLMTitler):
+    """`LLMTitler` with llama.cpp underneath. `model` stays None: the service's deadline wrapper patches a
+    PyTorch `generate`, which this titler has not; it checks `should_stop` between chapters instead."""
+
+    def __init__(self, gguf: Path, tokenizer: Path, llm: Mapping[str, Any], threads: int | None = None,
+                 max_new_tokens: int = MAX_TITLE_TOKENS, n_ctx: int = 1024) -> None:
+        import os
+
+        from llama_cpp import Llama
+        from tokenizers import Tokenizer
+
+        super().__init__(None, Tokenizer.from_file(str(tokenizer)), max_new_tokens=max_new_tokens, batch_size=1)
+        self.template, self.specials = str(llm["chat_template"]), dict(llm.get("special_tokens", {}))
+        self.stop_ids = {int(i) for i in llm["stop_ids"]}
+        self.n_ctx = n_ctx
+        threads = threads or os.cpu_count() or 1
+        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=512, n_threads=threads,
+                         n_threads_batch=threads, verbose=False)
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """Token ids of one chapter's title prompt, as the PyTorch titler builds them."""
+        prompt = render_chat(self.template, title_messages(text)[:2], self.specials)
+        return list(self.tok.encode(prompt, add_special_tokens=False).ids)
+
+    def _batch(self, texts: Sequence[str]) -> list[str]:
+        return [self._one(x) for x in texts]
+
+    def _one(self, text: str) -> str:
+        ids = self.prompt_ids(text)
+        if len(ids) + self.max_new_tokens > self.n_ctx:
+            raise ValueError(f"title prompt of {len(ids)} tokens does not fit the {self.n_ctx}-token context")
+        out: list[int] = []
+        for token in self.llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0,
+                                       reset=True):
+            if token in self.stop_ids:
+                break
+            out.append(int(token))
+            if len(out) >= self.max_new_tokens:
+                break
+        answer = self.tok.decode(out, skip_special_tokens=True)
+        return clean_title(answer.strip().split("\n")[0])

