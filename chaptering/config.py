@@ -141,6 +141,18 @@ class ServeSettings(BaseModel):
     transcript_retention_days: float | None = 30.0  # stored /v1/chapters transcripts; None keeps them
 
 
+class ScaleSettings(BaseModel):
+    """Fan-out of curation and evaluation over Dask (flows/nightly.py, docs/scale.md)."""
+
+    dask_address: str | None = None  # an existing cluster's scheduler ("tcp://10.0.0.5:8786"); None: a local one
+    workers: int = 2  # processes of the local cluster, one thread each (ignored with dask_address)
+    shards: int = 2  # at most this many shards per fanned-out stage
+    # Fewer records than this per shard and the stage runs as one shard in the flow's own process: a
+    # cluster costs seconds to start, a curated transcript ~10 ms, a held-out one seconds (LLM titles).
+    min_curate_shard: int = 2000
+    min_eval_shard: int = 25
+
+
 class Settings(BaseSettings):
     """Everything configurable, in one place."""
 
@@ -160,6 +172,7 @@ class Settings(BaseSettings):
     boundary: BoundarySettings = Field(default_factory=BoundarySettings)
     gate: GateSettings = Field(default_factory=GateSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    scale: ScaleSettings = Field(default_factory=ScaleSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -35,7 +35,7 @@ from chaptering.run_types import BOUNDARY_SET, BuildOutput, Decision, EvalOutcom
 
 __all__ = [
     "BuildOutput", "Decision", "EvalOutcome", "TrainOutcome", "base_report", "champion_on_heldout", "commit_stage",
-    "curate_stage", "dataset_stage", "evaluate_stage", "fit_boundary", "ingest_stage", "new_run_dir",
+    "curate_merge_stage", "curate_stage", "dataset_stage", "evaluate_stage", "fit_boundary", "ingest_stage", "new_run_dir",
     "reference_report", "register_stage", "summarize", "train_config_hash", "train_stage", "write_boundary_set",
     "write_quarantine",
 ]
@@ -122,7 +122,20 @@ def curate_stage(settings: Settings, run_dir: Path, standalone: bool = False) ->
     known = iter_transcripts(corpus) if corpus.exists() and not standalone else iter(())
     accepted = write_jsonl(run_dir / "curated.jsonl", curate(
         iter_transcripts(run_dir / "ingested.jsonl"), settings=settings.data, guard=guard,
-        rejected=rejected, known=known))
+        rejected=rejected, known=known, workdir=run_dir))
+    return _curated(accepted, rejected, run_dir)
+
+
+def curate_merge_stage(settings: Settings, run_dir: Path, parts: list[Path]) -> dict[str, int]:
+    """`curate_stage` fanned out: the shard files `shards.screen_shard` wrote, deduplicated in order."""
+    from chaptering.curate import CurateStats
+    from chaptering.shards import merge_curation
+
+    rejected: list[Rejected] = []
+    return _curated(merge_curation(settings, run_dir, parts, rejected, CurateStats()), rejected, run_dir)
+
+
+def _curated(accepted: int, rejected: list[Rejected], run_dir: Path) -> dict[str, int]:
     q = write_quarantine(rejected, run_dir / "quarantine.jsonl")
     return {"accepted": accepted, "rejected": sum(q.values()), **{f"rejected: {k}": v for k, v in q.items()}}
 

@@ -1,0 +1,240 @@
+"""Curation and evaluation cut into shards, so a task runner can spread them over workers.
+
+Curation: `plan_curation` cuts the corpus and this run's ingested file into line-aligned byte ranges;
+`screen_shard` runs the per-record stages (`curate.screen`, the expensive part: language detection,
+PII, MinHash) over one range and writes what it found to a shard file; `merge_curation` reads the shard
+files back in input order and runs `curate.resolve`, the one order-dependent step, against a dedup
+memory on disk. A near duplicate in another shard is therefore caught exactly as in one pass: every
+signature meets the same LSH index, in the same order.
+
+Evaluation: `eval_ranges` cuts the held-out set into contiguous ranges, `predict_range` scores one
+range, and `merge_eval` puts the rows back in order and builds the report as `evaluate` does.
+Nothing here knows about Prefect or Dask: flows/nightly.py maps these functions over shards.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import math
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from chaptering.curate import Candidate, Known, Turned
+from chaptering.io import Rejected
+from chaptering.iobase import _atomic_write
+from chaptering.schema import Transcript
+
+if TYPE_CHECKING:
+    from chaptering.config import ScaleSettings, Settings
+    from chaptering.curate import CurateStats
+    from chaptering.run_types import EvalOutcome, TrainOutcome
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Lines [first_line, ...) of `path` held in bytes [start, end); `known` shards seed dedup only."""
+
+    path: Path
+    kind: Literal["known", "new"]
+    index: int
+    start: int
+    end: int
+    first_line: int
+
+
+def _count_lines(path: Path) -> int:
+    n = 0
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            n += block.count(b"\n")
+    return n
+
+
+def shard_count(records: int, minimum: int, scale: ScaleSettings) -> int:
+    """Shards for `records`: at most `scale.shards`, none smaller than `minimum` records (at least one)."""
+    return max(1, min(scale.shards, math.ceil(records / max(1, minimum))) if records else 1)
+
+
+def plan_file(path: Path, n: int, kind: Literal["known", "new"]) -> list[Shard]:
+    """`path` cut into at most `n` line-aligned byte ranges of about equal size (empty ones dropped)."""
+    size = path.stat().st_size
+    cuts = [0]
+    with path.open("rb") as f:
+        for i in range(1, n):
+            f.seek(max(size * i // n - 1, cuts[-1]))
+            f.readline()  # to the start of the next line
+            cuts.append(min(f.tell(), size))
+    cuts.append(size)
+    shards, line = [], 1
+    with path.open("rb") as f:
+        for start, end in itertools.pairwise(cuts):
+            if end > start:
+                shards.append(Shard(path, kind, len(shards), start, end, line))
+                f.seek(start)
+                line += f.read(end - start).count(b"\n")
+    return shards
+
+
+def plan_curation(settings: Settings, run_dir: Path, standalone: bool = False) -> list[Shard]:
+    """Shards of the corpus (known, first) and of this run's ingested.jsonl, in the order curation reads them."""
+    corpus = settings.state_dir / "corpus" / "curated.jsonl"
+    plan: list[Shard] = []
+    for path, kind in ((corpus, "known"), (run_dir / "ingested.jsonl", "new")):
+        if kind == "known" and (standalone or not corpus.exists()):
+            continue
+        if path.exists():
+            n = shard_count(_count_lines(path), settings.scale.min_curate_shard, settings.scale)
+            plan += plan_file(path, n, kind)  # type: ignore[arg-type]
+    return plan
+
+
+def read_shard(shard: Shard) -> Iterator[Transcript]:
+    """The shard's transcripts; a bad line raises InputError naming the file and line, as iter_transcripts does."""
+    from chaptering.io import _parse_record
+
+    with shard.path.open("rb") as f:
+        f.seek(shard.start)
+        lineno, pos = shard.first_line, shard.start
+        while pos < shard.end:
+            raw = f.readline()
+            if not raw:
+                break
+            pos += len(raw)
+            text = raw.decode("utf-8").lstrip("\ufeff") if lineno == 1 else raw.decode("utf-8")
+            if text.strip():
+                yield _parse_record(text, Transcript, str(shard.path), f"line {lineno}", None)
+            lineno += 1
+
+
+def _b64(values: np.ndarray) -> str:
+    return base64.b64encode(values.tobytes()).decode("ascii")
+
+
+def _unb64(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=np.uint32)
+
+
+def _encode(item: Known | Candidate | Turned) -> str:
+    if isinstance(item, Known):
+        return json.dumps({"known": [item.id, item.hash, _b64(item.signature)]}, ensure_ascii=False) + "\n"
+    if isinstance(item, Turned):
+        r = item.rejected
+        return json.dumps({"turned": [item.stage, r.source, r.location, r.reason]}, ensure_ascii=False) + "\n"
+    head = json.dumps([item.hash, _b64(item.signature), item.guard, item.source, item.location], ensure_ascii=False)
+    return '{"candidate": ' + head + ', "transcript": ' + item.transcript.model_dump_json() + "}\n"
+
+
+def _decode(line: str) -> Known | Candidate | Turned:
+    obj = json.loads(line)
+    if "known" in obj:
+        tid, h, sig = obj["known"]
+        return Known(tid, h, _unb64(sig))
+    if "turned" in obj:
+        stage, source, location, reason = obj["turned"]
+        return Turned(stage, Rejected(source=source, location=location, reason=reason))
+    h, sig, guard, source, location = obj["candidate"]
+    return Candidate(Transcript.model_validate(obj["transcript"]), h, _unb64(sig), guard, source, location)
+
+
+def screen_shard(settings: Settings, shard: Shard, out_dir: Path) -> Path:
+    """The per-record stages over one shard -> out_dir/<kind>-<index>.jsonl (one screened record a line)."""
+    from chaptering.curate import ContaminationGuard, known_entry, screen
+    from chaptering.heldout import load_heldout
+
+    data = settings.data
+    if shard.kind == "known":
+        items: Iterable[Known | Candidate | Turned] = (known_entry(k, data) for k in read_shard(shard))
+    else:
+        guard = ContaminationGuard(load_heldout(data.eval_path))
+        items = (screen(raw, data, guard) for raw in read_shard(shard))
+    out = out_dir / f"{shard.kind}-{shard.index:05d}.jsonl"
+    _atomic_write(out, (_encode(item) for item in items))
+    return out
+
+
+def read_screened(paths: Iterable[Path]) -> Iterator[Known | Candidate | Turned]:
+    for path in paths:
+        with path.open(encoding="utf-8") as f:
+            yield from (_decode(line) for line in f if line.strip())
+
+
+def merge_curation(settings: Settings, run_dir: Path, parts: list[Path], rejected: list[Rejected],
+                   stats: CurateStats) -> int:
+    """The screened shards, in plan order, through dedup -> run_dir/curated.jsonl; returns how many were
+    accepted. The shard files are removed once merged."""
+    from chaptering.curate import SeenIndex, resolve
+    from chaptering.io import write_jsonl
+
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix="curate-") as scratch:
+        seen = SeenIndex(Path(scratch) / "seen.sqlite", settings.data.near_dup_threshold, settings.data.minhash_perm)
+        try:
+            accepted = write_jsonl(run_dir / "curated.jsonl",
+                                   resolve(read_screened(parts), seen=seen, rejected=rejected, stats=stats))
+        finally:
+            seen.close()
+    for p in parts:
+        p.unlink(missing_ok=True)
+    return accepted
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+
+
+def eval_ranges(n: int, scale: ScaleSettings) -> list[tuple[int, int]]:
+    """[start, end) index ranges over an n-transcript held-out set, contiguous and in order."""
+    k = shard_count(n, scale.min_eval_shard, scale)
+    return [(n * i // k, n * (i + 1) // k) for i in range(k) if n * (i + 1) // k > n * i // k] or [(0, 0)]
+
+
+def predict_range(settings: Settings, spec: str, start: int, end: int) -> list[dict[str, Any]]:
+    """Score transcripts [start, end) of the held-out set with the model `spec` names: one dict a
+    transcript with its score row and its prediction (as JSON, so it travels between processes)."""
+    from chaptering.evaluate import evaluate
+    from chaptering.factory import load_chapterer
+    from chaptering.heldout import load_heldout
+
+    transcripts = load_heldout(settings.data.eval_path)[start:end]
+    if not transcripts:
+        return []
+    report, predictions = evaluate(load_chapterer(spec, settings), transcripts, progress=False)
+    return [{"row": row, "prediction": p.model_dump_json()} for row, p in zip(report.rows, predictions)]
+
+
+def merge_eval(settings: Settings, outcome: TrainOutcome, run_dir: Path,
+               parts: list[list[dict[str, Any]]]) -> EvalOutcome:
+    """The challenger's report from its scored ranges, beside the champion or the references, as
+    `model_stages.evaluate_stage` builds it in one process."""
+    from chaptering.evaluate import fingerprint, report_from_rows, write_report
+    from chaptering.heldout import load_heldout
+    from chaptering.model_stages import champion_on_heldout, reference_report
+    from chaptering.run_types import EvalOutcome
+    from chaptering.schema import Prediction
+
+    transcripts = load_heldout(settings.data.eval_path)
+    scored = [item for part in parts for item in part]
+    if len(scored) != len(transcripts):
+        raise ValueError(f"evaluation shards scored {len(scored)} of {len(transcripts)} held-out transcripts")
+    name = f"challenger:{run_dir.name}"
+    predictions = [Prediction.model_validate_json(item["prediction"]).model_copy(update={"model": name})
+                   for item in scored]
+    report = report_from_rows(name, str(settings.data.eval_path), fingerprint(transcripts),
+                              [item["row"] for item in scored])
+    paths = write_report(report, predictions, transcripts, run_dir / "eval")
+    champion = champion_on_heldout(settings)
+    specs = [f"baseline:{b}" for b in settings.gate.baselines] + (["base"] if settings.gate.compare_base else [])
+    references = [] if champion else [reference_report(spec, settings) for spec in specs]
+    return EvalOutcome(report, champion, references, [paths["timeline"], paths["markdown"], paths["json"]])
+
+
+def plan_eval(settings: Settings) -> list[tuple[int, int]]:
+    """`eval_ranges` over the configured held-out set."""
+    from chaptering.heldout import load_heldout
+
+    return eval_ranges(len(load_heldout(settings.data.eval_path)), settings.scale)
