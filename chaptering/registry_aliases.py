@@ -3,7 +3,7 @@
 The serving side only ever asks for `models:/<name>@champion`, so every decision about what users see is
 one alias move here. The verdict is kept where each reader looks: the version gets a `decision` tag and a
 one-line description (the versions table in MLflow's UI), the run gets the full reasons as tags and as
-`gate/decision.md` (next to its metrics and plots in Compare), and a promotion remembers the outgoing
+`decision.md` (next to its metrics and plots in Compare), and a promotion remembers the outgoing
 champion on the new version (`previous_champion`: what `rollback` returns to).
 """
 

@@ -2,7 +2,8 @@
 and artifacts, and its registration as a new version with the `challenger` alias.
 
 What goes where is chosen for MLflow's UI: every figure is a run metric (`registry_metrics` names them),
-so Compare lines candidates up per domain; the report, plots and provenance live on the run; the version
+so Compare lines candidates up per domain; the report, plots and provenance live on the run (plots at
+its root, where Compare's artifact view shows two runs' files side by side); the version
 keeps only the few tags a person scans the versions table for and the code reads back (`VERSION_TAGS`).
 
 Bundles and adapters are logged through `mlflow.pyfunc` (a `PythonModel` with the folder as an artifact
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
 # Caller tags that also go on the version: `find_version` matches on them (a night with nothing new
 # skips training) and they say what a version was trained on. Every caller tag goes on the run.
 VERSION_TAGS = ("dataset_fingerprint", "train_config")
+_IMAGES = {".png", ".jpg", ".jpeg", ".svg", ".gif"}
 
 
 def git_commit() -> str:
@@ -96,7 +98,7 @@ def log_candidate(
     client = _client(settings)
     run_tags: dict[str, str] = {"base_model": base_model, "prompt_version": PROMPT_VERSION,
                                 "git_commit": git_commit(), **{k: _tag_value(v) for k, v in tags.items()}}
-    version_tags = {k: run_tags[k] for k in ("base_model", "prompt_version", *VERSION_TAGS) if k in run_tags}
+    version_tags = {k: run_tags[k] for k in ("base_model", *VERSION_TAGS) if k in run_tags}
     if report is not None:
         run_tags.update(eval_data=_tag_value(report.data), eval_fingerprint=report.data_fingerprint)
         version_tags["eval_fingerprint"] = report.data_fingerprint
@@ -111,9 +113,9 @@ def log_candidate(
         mlflow.set_tags(run_tags)
         if report is not None:
             mlflow.log_metrics(run_metrics(report))
-        for plot in plots:
-            if Path(plot).is_file():
-                mlflow.log_artifact(str(plot), artifact_path="eval")
+        for plot in map(Path, plots):
+            if plot.is_file():  # images at the run's root: Compare shows root files side by side
+                mlflow.log_artifact(str(plot), artifact_path=None if plot.suffix in _IMAGES else "eval")
         if report is not None:  # after the plots: this copy is the one champion_report reads back
             mlflow.log_text(report.to_json(), REPORT_ARTIFACT)
         with warnings.catch_warnings():

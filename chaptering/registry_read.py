@@ -96,7 +96,7 @@ def list_versions(settings: Settings) -> list[dict[str, Any]]:
             "decision_reasons": mv.tags.get("decision_reasons") or run_tags.get("decision_reasons", ""),
             "previous_champion": mv.tags.get("previous_champion"),
             "base_model": mv.tags.get("base_model"),
-            "prompt_version": mv.tags.get("prompt_version"),
+            "prompt_version": mv.tags.get("prompt_version") or run_tags.get("prompt_version"),
             "run_id": mv.run_id,
             "metrics": metrics,
         })

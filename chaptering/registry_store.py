@@ -19,7 +19,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_NAME = "model"  # the logged model's name inside its run
 REPORT_ARTIFACT = "eval/report.json"
-DECISION_ARTIFACT = "gate/decision.md"
+DECISION_ARTIFACT = "decision.md"  # at the run's root, beside the plots: Compare lists root files
 NO_CHAMPION = "no champion yet: run `chaptering retrain` first"
 _TAG_LIMIT = 5000  # MLflow's model-version tag values are bounded; keep under the strictest store's limit
 

@@ -107,7 +107,7 @@ def test_promotion_refusal_and_rollback(reg: Settings, adapter_dir: Path, tmp_pa
     client = MlflowClient()
     mv = client.get_model_version(reg.registered_model, v3)
     # the version keeps a few readable tags; the figures and the gate's reasons are on its run
-    assert set(mv.tags) == {"base_model", "prompt_version", "eval_fingerprint", "decision", "previous_champion"}
+    assert set(mv.tags) == {"base_model", "eval_fingerprint", "decision", "previous_champion"}
     assert mv.tags["base_model"] == reg.model.base and mv.tags["eval_fingerprint"] == FP
     assert mv.description.startswith("promoted: headline 0.450 vs champion 0.300")
     assert client.get_model_version(reg.registered_model, v2).description.startswith("rejected (")
@@ -116,7 +116,8 @@ def test_promotion_refusal_and_rollback(reg: Settings, adapter_dir: Path, tmp_pa
     assert run.metrics["headline_lo"] < run.metrics["headline"] < run.metrics["headline_hi"]
     assert run.tags["git_commit"] and run.tags["decision"] == "promoted" and run.tags["registered_version"] == v3
     assert "ok: headline" in run.tags["decision_reasons"]
-    decision_md = client.download_artifacts(rows[v3]["run_id"], "gate/decision.md", str(tmp_path))
+    assert rows[v3]["prompt_version"] == run.tags["prompt_version"]
+    decision_md = client.download_artifacts(rows[v3]["run_id"], "decision.md", str(tmp_path))
     assert f"Version {v3}: promoted" in Path(decision_md).read_text()
 
     assert registry.rollback(reg) == v1
@@ -164,11 +165,12 @@ def test_logs_into_the_training_run_with_plots(reg: Settings, adapter_dir: Path,
 
     with mlflow.start_run(run_name="train") as run:  # what the pipeline's train stage does
         mlflow.log_params({"base_model": reg.model.base, "train.lora_r": 4})
-    plot = tmp_path / "timeline.png"
+    plot, notes = tmp_path / "timeline.png", tmp_path / "report.md"
     plot.write_bytes(b"\x89PNG fake")
+    notes.write_text("# report")
     cand = registry.log_candidate(adapter_dir, reg.model.base, report(0.3, 0.4),
                                   params={"base_model": "ignored: already logged", "extra": 1},
-                                  tags={"train_config": "abc"}, plots=[plot], settings=reg,
+                                  tags={"train_config": "abc"}, plots=[plot, notes], settings=reg,
                                   run_id=run.info.run_id)
     assert cand.run_id == run.info.run_id and cand.uri == f"models:/{reg.registered_model}/{cand.version}"
     client = MlflowClient()
@@ -177,8 +179,8 @@ def test_logs_into_the_training_run_with_plots(reg: Settings, adapter_dir: Path,
     assert set(registry.run_metrics(report(0.3, 0.4))) <= set(data.metrics)
     assert {"headline", "headline_lo", "f1/short", "f1_lo/short", "pk/talks", "unusable/pooled"} <= set(data.metrics)
     assert data.tags["train_config"] == "abc" and data.tags["eval_fingerprint"] == FP
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "eval")} == {"eval/report.json",
-                                                                               "eval/timeline.png"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "eval")} == {"eval/report.json", "eval/report.md"}
+    assert "timeline.png" in {a.path for a in client.list_artifacts(run.info.run_id)}  # Compare shows root files
     assert client.get_model_version(reg.registered_model, cand.version).tags["train_config"] == "abc"
 
 
