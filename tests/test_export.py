@@ -1,0 +1,309 @@
+"""`chaptering export` on the tiny model: the GGUF is the merged adapter in llama.cpp's layout (its logits
+and tokens are the PyTorch model's), the ONNX encoder gives the PyTorch encoder's vectors, the exported
+folder places exactly the PyTorch bundle's chapters, the runtime imports no torch, a tampered folder is
+refused, and a registered version's export is logged back to MLflow."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chaptering.config import PROJECT_ROOT, ModelSettings, Settings
+
+pytestmark = pytest.mark.embedding
+QUANTS = ["f32", "q8_0"]
+
+
+def _needs(*modules: str) -> None:
+    for m in modules:
+        pytest.importorskip(m)
+
+
+@pytest.fixture(scope="session")
+def trained_adapter(adapter_dir: Path, tmp_path_factory) -> Path:
+    """The conftest adapter with random (non-zero) LoRA B matrices: merging it changes the weights."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path_factory.mktemp("trained-adapter") / "adapter"
+    shutil.copytree(adapter_dir, out)
+    weights = load_file(str(out / "adapter_model.safetensors"))
+    g = torch.Generator().manual_seed(1)
+    for k, v in weights.items():
+        if "lora_B" in k:
+            weights[k] = torch.randn(v.shape, generator=g) * 0.05
+    save_file(weights, str(out / "adapter_model.safetensors"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundle(fitted_boundary, trained_adapter, tmp_path_factory) -> Path:
+    from chaptering.boundary_chapterer import write_bundle
+
+    model, _, _ = fitted_boundary
+    return write_bundle(tmp_path_factory.mktemp("bundle") / "bundle", model, trained_adapter)
+
+
+@pytest.fixture(scope="session")
+def exported(bundle: Path, tiny_dir: Path, tmp_path_factory) -> Path:
+    _needs("onnxruntime", "onnx", "gguf")
+    from chaptering.export import export_bundle
+
+    cache = tmp_path_factory.mktemp("export-cache")
+    out = tmp_path_factory.mktemp("export") / "tiny-edge"
+    export_bundle(bundle, str(tiny_dir), out, QUANTS, cache)
+    return out
+
+
+@pytest.fixture(scope="session")
+def merged(trained_adapter: Path, tiny_dir: Path, tmp_path_factory):
+    from chaptering.models import load_adapted
+
+    return load_adapted(str(tiny_dir), trained_adapter, tmp_path_factory.mktemp("merge-cache"), "float32")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tiny_dir: Path) -> Settings:
+    return Settings(state_dir=tmp_path / "state",
+                    model=ModelSettings(base=str(tiny_dir), context_tokens=512, max_new_tokens=16)).prepare()
+
+
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+# --- the GGUF --------------------------------------------------------------------------------------
+
+
+def test_gguf_holds_the_merged_weights_in_llama_cpp_layout(exported: Path, merged):
+    import gguf
+    import numpy as np
+
+    from chaptering.export.gguf_llama import _permute
+
+    model, _ = merged
+    reader = gguf.GGUFReader(exported / "llm" / "title-f32.gguf")
+    fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.token")}
+    assert fields["general.architecture"] == "llama" and fields["tokenizer.ggml.pre"] == "smollm"
+    assert fields["llama.attention.head_count"] == 4 and fields["llama.attention.head_count_kv"] == 2
+    assert fields["tokenizer.ggml.model"] == "gpt2" and "<|im_start|>" in fields["tokenizer.chat_template"]
+    tensors = {t.name: t for t in reader.tensors}
+    assert "output.weight" not in tensors  # tied embeddings: llama.cpp reuses token_embd
+    cfg = model.config
+    n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    layer = model.model.layers[0].self_attn
+    for name, hf, heads in (("blk.0.attn_q.weight", layer.q_proj.weight, n_head),
+                            ("blk.0.attn_k.weight", layer.k_proj.weight, n_kv)):
+        want = _permute(hf.detach().numpy(), heads)
+        got = np.asarray(tensors[name].data).reshape(want.shape)
+        assert np.array_equal(got, want), name
+    q8 = {t.name: t for t in gguf.GGUFReader(exported / "llm" / "title-q8_0.gguf").tensors}
+    assert q8["blk.0.attn_q.weight"].tensor_type == gguf.GGMLQuantizationType.Q8_0
+    assert q8["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    deq = gguf.quants.dequantize(q8["blk.0.attn_v.weight"].data, q8["blk.0.attn_v.weight"].tensor_type)
+    v = layer.v_proj.weight.detach().numpy()
+    assert np.abs(deq.reshape(v.shape) - v).max() < 0.02 * np.abs(v).max()
+
+
+@pytest.mark.edge
+def test_gguf_logits_and_tokens_are_the_pytorch_models(exported: Path, merged):
+    """llama.cpp on the f32 GGUF computes the merged PyTorch model's next-token logits, and its own
+    tokenizer (the GGUF vocabulary, merges and pre-tokenizer) splits prompts into the same ids."""
+    _needs("llama_cpp")
+    import numpy as np
+    import torch
+    from llama_cpp import Llama
+
+    from chaptering.titles import title_messages
+
+    model, tok = merged
+    llm = Llama(model_path=str(exported / "llm" / "title-f32.gguf"), n_ctx=512, logits_all=True, verbose=False)
+    for text in ("So, welcome back: today we fix the sink.", "Ünïcödé – “quotes”, 42 emojis 🦙 and\ttabs"):
+        prompt = tok.apply_chat_template(title_messages(text)[:2], add_generation_prompt=True, tokenize=False)
+        ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids
+        llm.reset()
+        llm.eval(ids)
+        got = np.array(llm.scores[len(ids) - 1])
+        with torch.inference_mode():
+            want = model(torch.tensor([ids])).logits[0, -1].numpy()
+        assert np.abs(got - want).max() < 1e-3 * max(1.0, np.abs(want).max())
+
+
+# --- the encoder and the boundaries ----------------------------------------------------------------
+
+
+def test_onnx_encoder_gives_the_pytorch_vectors(exported: Path):
+    _needs("onnxruntime", "tokenizers")
+    import numpy as np
+
+    from chaptering.edge.encoder import OnnxEncoder
+    from chaptering.embeddings import embed
+
+    texts = ["Okay so next we look at the drain.", "", "um", "word " * 400, "Ünïcödé and émojis 🦙"]
+    got = OnnxEncoder(exported / "encoder")(texts)
+    want = embed(texts)
+    assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
+
+
+@pytest.mark.edge
+def test_exported_folder_places_the_pytorch_bundles_chapters(exported: Path, bundle: Path, fitted_boundary,
+                                                            settings, merged):
+    """Same starts on every transcript (the trees and decoder are shared, the features agree), and every
+    title the GGUF writes is a greedy continuation under the PyTorch model too."""
+    _needs("llama_cpp", "onnxruntime")
+    import torch
+
+    from chaptering.edge import load_export
+    from chaptering.factory import load_chapterer
+    from chaptering.heldout import load_heldout
+
+    _, transcripts, _ = fitted_boundary
+    heldout = [t for t in load_heldout(PROJECT_ROOT / "data" / "eval" / "heldout.jsonl")
+               if t.meta.get("domain") == "short"][:10]
+    torch_path = load_chapterer(str(bundle), settings)
+    edge = load_export(exported, "f32")
+    for t in transcripts[:10] + heldout:
+        want, got = torch_path.predict(t), edge.predict(t)
+        assert got.boundaries == want.boundaries, t.id
+        assert got.meta["titles_written"] + len(got.meta["repairs"]) == len(got.chapters)
+    model, _ = merged
+    titler = edge.titler
+    for text in ("So, welcome back: today we fix the sink.", "Next, the budget for the second quarter."):
+        ids = titler.prompt_ids(text)
+        out = []
+        for token in titler.llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, reset=True):
+            if token in titler.stop_ids or len(out) >= 8:
+                break
+            out.append(token)
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids + out])).logits[0]
+        for k, token in enumerate(out):
+            row = logits[len(ids) - 1 + k]
+            assert float(row.max() - row[token]) < 1e-3, (text, k)  # an argmax up to float noise
+
+
+@pytest.mark.edge
+def test_runtime_imports_no_torch(exported: Path, tmp_path: Path):
+    _needs("llama_cpp", "onnxruntime")
+    from chaptering.io import write_jsonl
+
+    src = tmp_path / "in.jsonl"
+    write_jsonl(src, [json.loads(line) for line in
+                      (PROJECT_ROOT / "data" / "train" / "vidchapters-short.jsonl").read_text().splitlines()[:2]])
+    code = ("import sys, runpy; sys.argv = ['x', sys.argv[1], sys.argv[2], '--out', sys.argv[3], '--quant', 'q8_0'];"
+            "rc = 0\ntry:\n    runpy.run_module('chaptering.edge', run_name='__main__')\nexcept SystemExit as e:\n"
+            "    rc = e.code\nheavy = [m for m in ('torch', 'transformers', 'peft', 'mlflow') if m in sys.modules]\n"
+            "assert rc == 0 and not heavy, (rc, heavy)")
+    out = tmp_path / "pred.jsonl"
+    done = subprocess.run([sys.executable, "-c", code, str(exported), str(src), str(out)], check=False,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and all(r["chapters"][0]["start_segment"] == 0 for r in rows)
+    assert "(edge:q8_0)" in rows[0]["model"]
+
+
+# --- the manifest ----------------------------------------------------------------------------------
+
+
+def test_manifest_lists_every_file_and_the_calibration(exported: Path, bundle: Path):
+    from chaptering.boundary import BoundaryModel
+    from chaptering.edge.manifest import sha256_file
+    from chaptering.titles import TITLE_PROMPT_VERSION
+
+    m = _manifest(exported)
+    files = {p.relative_to(exported).as_posix() for p in exported.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(m["files"]) == files
+    assert all(sha256_file(exported / rel) == e["sha256"] for rel, e in m["files"].items())
+    assert m["prompt_version"] == TITLE_PROMPT_VERSION
+    assert m["calibration"] == BoundaryModel.load(bundle / "boundary").decoder.to_dict()
+    assert m["llm"]["default"] == "f32" and set(m["llm"]["files"]) == set(QUANTS)
+    assert m["versions"]["gguf"] == "0.19.0"
+
+
+@pytest.mark.edge
+def test_a_tampered_or_stale_export_is_refused(exported: Path, tmp_path: Path):
+    _needs("llama_cpp", "onnxruntime")
+    from chaptering.edge import load_export
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    card = copy / "boundary" / "boundary.json"
+    card.write_text(card.read_text().replace('"kind"', '"kinx"'))  # same size, other bytes
+    load_export(copy)  # sizes only: loads
+    with pytest.raises(ValueError, match=r"boundary\.json: sha256"):
+        load_export(copy, checksums=True)
+    (copy / "llm" / "tokenizer.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"tokenizer\.json: \d+ bytes"):
+        load_export(copy)
+    shutil.copy2(exported / "llm" / "tokenizer.json", copy / "llm" / "tokenizer.json")
+    m = _manifest(copy)
+    (copy / "manifest.json").write_text(json.dumps({**m, "prompt_version": "title-v0"}))
+    with pytest.raises(ValueError, match="export the model again"):
+        load_export(copy)
+    with pytest.raises(ValueError, match="no 'q4_k_m' GGUF"):
+        (copy / "manifest.json").write_text(json.dumps(m))
+        load_export(copy, "q4_k_m")
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        load_export(tmp_path)
+
+
+# --- the command line and the registry -------------------------------------------------------------
+
+
+@pytest.mark.edge
+def test_cli_exports_a_folder_and_predicts_from_it(bundle: Path, tiny_dir: Path, tmp_path: Path, monkeypatch):
+    _needs("llama_cpp", "onnxruntime")
+    from typer.testing import CliRunner
+
+    from chaptering import config
+    from chaptering.cli import app
+
+    monkeypatch.setenv("CHAPTERING_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("CHAPTERING_MODEL__BASE", str(tiny_dir))
+    config.get_settings.cache_clear()
+    try:
+        cli, out = CliRunner(), tmp_path / "edge"
+        bad = cli.invoke(app, ["export", str(bundle), "--out", str(out), "--quant", "q3_q"])
+        assert bad.exit_code == 2 and "q3_q" in bad.output
+        done = cli.invoke(app, ["export", str(bundle), "--out", str(out), "--quant", "q8_0"])
+        assert done.exit_code == 0, done.output
+        assert _manifest(out)["llm"]["files"] == {"q8_0": "llm/title-q8_0.gguf"}
+        pred = tmp_path / "pred.jsonl"
+        demo = PROJECT_ROOT / "data" / "demo" / "seed-home-tour.vtt"
+        done = cli.invoke(app, ["predict", str(demo), "--out", str(pred), "--model", f"export:{out}"])
+        assert done.exit_code == 0, done.output
+        (row,) = [json.loads(line) for line in pred.read_text().splitlines()]
+        assert row["chapters"][0]["start_segment"] == 0 and all(c["title"] for c in row["chapters"])
+        missing = cli.invoke(app, ["predict", str(demo), "--out", str(pred), "--model", f"export:{tmp_path}/nope"])
+        assert missing.exit_code == 2 and "manifest.json" in missing.output
+    finally:
+        config.get_settings.cache_clear()
+
+
+def test_a_registered_version_exports_and_is_logged_back(bundle: Path, settings: Settings, tmp_path: Path):
+    _needs("onnxruntime", "onnx")
+    from mlflow import MlflowClient
+
+    from chaptering import registry
+    from chaptering.export import VERSION_TAG, export_model
+
+    registry.configure(settings)
+    cand = registry.log_candidate(bundle, settings.model.base, None, params={}, tags={}, plots=[], settings=settings)
+    out = tmp_path / "v"
+    manifest = export_model(str(cand.version), out, ["q8_0"], settings)
+    assert manifest["source"]["model"] == f"models:/{settings.registered_model}/{cand.version}"
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    mv = client.get_model_version(settings.registered_model, str(cand.version))
+    tag = json.loads(mv.tags[VERSION_TAG])
+    assert tag["quants"] == ["q8_0"] and tag["artifact"] == f"runs:/{mv.run_id}/edge/q8_0"
+    logged = {f.path for f in client.list_artifacts(mv.run_id, "edge/q8_0")}
+    assert {"edge/q8_0/manifest.json", "edge/q8_0/llm", "edge/q8_0/encoder", "edge/q8_0/boundary"} <= logged
+    with pytest.raises(LookupError):
+        export_model("99", tmp_path / "none", ["q8_0"], settings)
