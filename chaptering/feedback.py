@@ -78,6 +78,8 @@ class FeedbackStore:
                 kwargs["poolclass"] = StaticPool  # one shared connection, or each would see an empty DB
             elif not db.startswith("file:"):
                 Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        else:
+            kwargs["pool_pre_ping"] = True  # a server restart or an idle timeout must not fail a request
         self.engine: Engine = create_engine(url, json_deserializer=lenient_json, **kwargs)
         if self._sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
