@@ -1,10 +1,16 @@
-"""Curation at scale: `python bench/curate.py --sizes 10000 100000`.
+"""Curation at scale, fanned out on Dask: `python bench/curate.py --sizes 20000 100000 --workers 1 2`.
 
-Builds an N-transcript corpus by tiling the real training data with perturbations (fresh ids, word
-drops, shuffled sentence order inside chapters, so most copies are *not* near duplicates), streams it
-through the same `curate()` the nightly flow uses, and reports transcripts/s and peak RSS per size.
-The corpus is generated lazily, so memory measures curation, not the generator. Each size runs in
-its own process so peak RSS is per size.
+Builds an N-transcript corpus by tiling the real training data with perturbations (fresh ids, shuffled
+and dropped words, so most copies are *not* near duplicates; one in ten is a light-edit duplicate),
+writes it as a run's ingested.jsonl, and curates it exactly as the nightly flow does: the
+`curate-fanout` subflow maps `curate-shard` over shards on a DaskTaskRunner, then merges in order.
+Each (size, workers) gets a fresh local cluster of single-threaded worker processes, so the peak RSS
+read from each worker afterwards is that run's. The flow process (the merge with its on-disk dedup
+index, the Dask scheduler and the Prefect client) is measured as well.
+
+`--index N` measures only the near-duplicate memory: N signatures into datasketch's in-memory LSH
+(`NearDupIndex`, what curation used before) and into the on-disk `SeenIndex`, each in its own process.
+Results are appended to out/bench/curate.jsonl, one JSON line a run.
 """
 
 from __future__ import annotations
@@ -12,15 +18,19 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import random
 import resource
+import shutil
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from chaptering.config import PROJECT_ROOT, get_settings
 from chaptering.schema import Segment, Transcript
 
-OUT = PROJECT_ROOT / "out" / "bench" / "curate.json"
+OUT = PROJECT_ROOT / "out" / "bench"
 
 
 def tiled(seed_transcripts: list[Transcript], n: int, seed: int = 0) -> Iterator[Transcript]:
@@ -39,45 +49,123 @@ def tiled(seed_transcripts: list[Transcript], n: int, seed: int = 0) -> Iterator
         yield t.model_copy(update={"id": f"{t.id}~bench{i}", "segments": segs})
 
 
-def _run(n: int, queue: mp.Queue) -> None:
-    from chaptering.curate import ContaminationGuard, CurateStats, curate
-    from chaptering.heldout import load_heldout
-    from chaptering.io import read_transcripts
+def corpus(n: int) -> Path:
+    """The n-transcript corpus as JSONL (built once per size; building it is not timed)."""
+    from chaptering.io import read_transcripts, write_jsonl
 
-    settings = get_settings()
-    base = [t for p in sorted((PROJECT_ROOT / "data" / "train").glob("*.jsonl")) for t in read_transcripts(p)]
-    guard = ContaminationGuard(load_heldout(settings.data.eval_path))
-    rejected: list = []
-    stats = CurateStats()
+    path = OUT / f"curate-corpus-{n}.jsonl"
+    if not path.is_file():
+        base = [t for p in sorted((PROJECT_ROOT / "data" / "train").glob("*.jsonl")) for t in read_transcripts(p)]
+        write_jsonl(path, tiled(base, n))
+    return path
+
+
+def _rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run_fanout(n: int, workers: int, shards_per_worker: int) -> dict:
+    """One curation of the n-corpus on a fresh local cluster of `workers` processes (call in a fresh process)."""
+    from distributed import Client, LocalCluster
+    from prefect import flow
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from chaptering.config import ScaleSettings
+    from flows import nightly
+
+    src = corpus(n)
+    state = OUT / f"curate-state-{n}-{workers}"
+    shutil.rmtree(state, ignore_errors=True)
+    settings = get_settings().model_copy(update={"state_dir": state})
+    run_dir = state / "runs" / "bench"
+    run_dir.mkdir(parents=True)
+    (run_dir / "ingested.jsonl").symlink_to(src)
+    server = SubprocessASGIServer()  # one Prefect API for the flow and the workers (as a real server would be)
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url  # inherited by the worker processes
+    with temporary_settings({PREFECT_API_URL: server.api_url}), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        settings = settings.model_copy(update={"scale": ScaleSettings(
+            dask_address=cluster.scheduler_address, shards=workers * shards_per_worker, min_curate_shard=1)})
+        t0 = time.perf_counter()
+        counts = flow(name="bench-curate")(nightly.curate_stage)(settings, run_dir)
+        seconds = time.perf_counter() - t0
+        worker_rss = sorted(round(v / 1024, 1) for v in client.run(
+            lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss).values())
+    result = {
+        "n": n, "workers": workers, "shards": workers * shards_per_worker, "seconds": round(seconds, 1),
+        "transcripts_per_s": round(n / seconds, 1), "accepted": counts["accepted"], "rejected": counts["rejected"],
+        "peak_rss_mb_per_worker": worker_rss, "peak_rss_mb_flow_process": _rss_mb(),
+        "corpus_mb": round(src.stat().st_size / 2**20), "cpus": os.cpu_count(), "load_avg_after": os.getloadavg(),
+        "counts": counts,
+    }
+    shutil.rmtree(state, ignore_errors=True)
+    return result
+
+
+def run_index(n: int, kind: str) -> dict:
+    """RSS growth of n random 128-permutation signatures in one near-duplicate index (fresh process)."""
+    import tempfile
+
+    import numpy as np
+
+    from chaptering.curate_index import NearDupIndex, SeenIndex
+    from chaptering.curate_text import minhash
+
+    rng = np.random.default_rng(0)
+    before = _rss_mb()
     t0 = time.perf_counter()
-    accepted = sum(1 for _ in curate(tiled(base, n), settings=settings.data, guard=guard, rejected=rejected,
-                                     stats=stats))
-    seconds = time.perf_counter() - t0
-    queue.put({
-        "n": n, "accepted": accepted, "rejected": len(rejected), "seconds": round(seconds, 1),
-        "transcripts_per_s": round(n / seconds, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "stats": stats.to_dict(),
-    })
+    with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+        if kind == "memory":
+            index = NearDupIndex(0.8, 128)
+            for i in range(n):
+                sig = minhash(rng.integers(0, 2**32, 200, dtype=np.uint64).astype(np.uint32), 128)
+                index.match(sig)
+                index.add(Transcript(id=f"t{i}", segments=[Segment(text="x")]), sig)
+            size = 0
+        else:
+            seen = SeenIndex(Path(tmp) / "seen.sqlite", 0.8, 128)
+            for i in range(n):
+                sig = minhash(rng.integers(0, 2**32, 200, dtype=np.uint64).astype(np.uint32), 128)
+                seen.match(sig)
+                seen.add(f"t{i}", f"{i:064x}", sig)
+            seen.close()
+            size = (Path(tmp) / "seen.sqlite").stat().st_size
+    return {"index": kind, "n": n, "seconds": round(time.perf_counter() - t0, 1),
+            "rss_growth_mb": round(_rss_mb() - before, 1), "peak_rss_mb": _rss_mb(), "file_mb": round(size / 2**20, 1)}
+
+
+def _child(fn, args, queue) -> None:
+    queue.put(fn(*args))
+
+
+def in_process(fn, *args) -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(fn, args, q))
+    p.start()
+    result = q.get()
+    p.join()
+    return result
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="*", default=[20_000, 100_000])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--shards-per-worker", type=int, default=4)
+    ap.add_argument("--index", type=int, default=0, help="also measure the dedup indexes alone at this size")
     args = ap.parse_args()
-    results = []
-    ctx = mp.get_context("spawn")
-    for n in args.sizes:
-        q: mp.Queue = ctx.Queue()
-        p = ctx.Process(target=_run, args=(n, q))
-        p.start()
-        results.append(q.get())
-        p.join()
-        r = results[-1]
-        print(f"{n:>8} transcripts: {r['transcripts_per_s']:>7.1f}/s, {r['seconds']:>7.1f} s, "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB, accepted {r['accepted']}, rejected {r['rejected']}", flush=True)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=2))
+    OUT.mkdir(parents=True, exist_ok=True)
+    runs = [(run_index, (args.index, kind)) for kind in ("memory", "disk") if args.index]
+    runs += [(run_fanout, (n, w, args.shards_per_worker)) for n in args.sizes for w in args.workers]
+    for fn, fn_args in runs:
+        r = in_process(fn, *fn_args)
+        with (OUT / "curate.jsonl").open("a") as f:
+            f.write(json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **r}) + "\n")
+        print(json.dumps(r), flush=True, file=sys.stdout)
 
 
 if __name__ == "__main__":

@@ -94,15 +94,19 @@ CREATE TABLE IF NOT EXISTS bands (key BLOB NOT NULL, rid INTEGER NOT NULL, PRIMA
 """
 
 
+COMMIT_EVERY = 5000
+
+
 class SeenIndex:
     """What curation has accepted so far, on disk: ids, content hash -> first id, MinHash LSH bands.
 
     A band key is a 128-bit digest of the band's slice of the signature (datasketch keys on the raw
     slice; a digest collision would need ~2^64 bands). Writes stay in one open transaction: this file is
-    scratch for one run, so it needs no journal and no fsync.
+    scratch for one run, so it needs no journal and no fsync. Committing every `COMMIT_EVERY` adds hands
+    the written pages to the file, so the page cache (`cache_mb`) is the bound on memory.
     """
 
-    def __init__(self, path: Path, threshold: float, num_perm: int, cache_mb: int = 64) -> None:
+    def __init__(self, path: Path, threshold: float, num_perm: int, cache_mb: int = 32) -> None:
         from datasketch import MinHashLSH
 
         self.path, self.threshold, self.num_perm = Path(path), threshold, num_perm
@@ -113,6 +117,7 @@ class SeenIndex:
         self.db.executescript(_SCHEMA)
         self.db.execute("BEGIN")
         self._marks = ",".join("?" * len(self.ranges))
+        self._pending = 0
 
     def close(self) -> None:
         self.db.close()
@@ -160,3 +165,8 @@ class SeenIndex:
         if cur.rowcount:
             rid = cur.lastrowid
             self.db.executemany("INSERT OR IGNORE INTO bands VALUES (?, ?)", ((k, rid) for k in self._keys(values)))
+        self._pending += 1
+        if self._pending >= COMMIT_EVERY:
+            self.db.execute("COMMIT")
+            self.db.execute("BEGIN")
+            self._pending = 0

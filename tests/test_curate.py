@@ -290,6 +290,100 @@ def test_curate_streams():
     assert [next(it).id for _ in range(2)] == ["t0", "t1"]
 
 
+def test_seen_index_answers_as_the_in_memory_index(tmp_path, monkeypatch):
+    """The on-disk index finds the same near duplicate with the same Jaccard as datasketch's, across
+    several commits, and keeps the first owner of a repeated id or hash."""
+    from chaptering import curate_index
+    from chaptering.curate_index import SeenIndex
+
+    monkeypatch.setattr(curate_index, "COMMIT_EVERY", 7)
+    mem, disk = NearDupIndex(0.8, 128), SeenIndex(tmp_path / "seen.sqlite", 0.8, 128)
+    originals = [transcript(f"o{i}", seed=200 + i, n_segments=30, chapters=None) for i in range(30)]
+    stream = originals + [edited(t, f"e{i}", n_changes=1 + i % 3, drop_segment=None) for i, t in enumerate(originals)]
+    stream += [edited(t, f"far{i}", n_changes=25, drop_segment=None) for i, t in enumerate(originals[:5])]
+    hits = 0
+    for t in stream:
+        sig = mem.signature(t)
+        expected, got = mem.match(sig), disk.match(sig)
+        assert got == expected, t.id
+        hits += got is not None
+        if got is None:
+            mem.add(t, sig)
+            disk.add(t.id, content_hash(t), sig)
+    assert 25 <= hits < len(stream) - 30 and len(disk) == len(mem)
+    disk.add("o0", "another-hash", mem.signature(originals[1]))
+    assert disk.has_id("o0") and disk.hash_owner(content_hash(originals[0])) == "o0"
+    disk.close()
+
+
+def _jsonl(path: Path, records: list[Transcript], extra: str = "") -> Path:
+    path.write_text("".join(t.model_dump_json() + "\n" + ("\n" if i % 4 == 1 else "") for i, t in enumerate(records))
+                    + extra, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 40])
+def test_shards_cover_every_line_once_in_order(tmp_path, n):
+    from chaptering.io import read_transcripts
+    from chaptering.shards import plan_file, read_shard
+
+    path = _jsonl(tmp_path / "in.jsonl", [transcript(f"t{i}", seed=i, n_segments=9 + i % 7) for i in range(17)])
+    plan = plan_file(path, n, "new")
+    assert 1 <= len(plan) <= n and plan[0].start == 0 and plan[-1].end == path.stat().st_size
+    assert all(a.end == b.start for a, b in itertools.pairwise(plan))
+    assert [t.id for s in plan for t in read_shard(s)] == [t.id for t in read_transcripts(path)]
+
+
+def test_a_bad_line_in_a_shard_is_named_by_file_and_line(tmp_path):
+    from chaptering.io import InputError
+    from chaptering.shards import plan_file, read_shard
+
+    path = _jsonl(tmp_path / "in.jsonl", [transcript(f"t{i}", seed=i) for i in range(6)], extra='{"id": "x"\n')
+    last = plan_file(path, 3, "new")[-1]
+    with pytest.raises(InputError, match=r"in\.jsonl:line 9: malformed JSON"):
+        list(read_shard(last))
+
+
+def test_sharded_curation_in_process_matches_curate(tmp_path):
+    """screen_shard + merge_curation over 4 shards == one curate() pass: near duplicates in other shards,
+    the corpus, the eval guard and bad records included (test_fanout does the same on Dask)."""
+    from chaptering.config import ScaleSettings, Settings
+    from chaptering.curate import CurateStats
+    from chaptering.io import write_jsonl
+    from chaptering.shards import merge_curation, plan_curation, screen_shard
+
+    originals = [transcript(f"o{i}", seed=300 + i, n_segments=20) for i in range(12)]
+    evalset = [transcript("eval-1", seed=999, n_segments=20)]
+    records = originals + [edited(t, f"copy{i}", n_changes=1, drop_segment=None) for i, t in enumerate(originals[:4])]
+    records += [transcript("short", seed=1, n_segments=2, chapters=(0,)), edited(evalset[0], "leak", n_changes=1, drop_segment=None),
+                originals[2].model_copy(update={"id": "o2-again"}), transcript("o3", seed=5)]
+    known = [transcript("k0", seed=400, n_segments=20)]
+    records.append(edited(known[0], "k0-copy", n_changes=1, drop_segment=None))
+    write_jsonl(tmp_path / "eval.jsonl", evalset)
+    settings = Settings(state_dir=tmp_path / "state", scale=ScaleSettings(shards=4, min_curate_shard=1))
+    settings.data.eval_path = tmp_path / "eval.jsonl"
+    settings.data.min_chapter_segments = 1
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_jsonl(run_dir / "ingested.jsonl", records)
+    write_jsonl(settings.state_dir / "corpus" / "curated.jsonl", known)
+
+    guard = ContaminationGuard(evalset)
+    single_rejected: list[Rejected] = []
+    single = list(curate(records, settings=settings.data, guard=guard, rejected=single_rejected, known=known))
+    plan = plan_curation(settings, run_dir)
+    assert [s.kind for s in plan] == ["known"] + ["new"] * 4
+    parts = [screen_shard(settings, s, tmp_path / "parts") for s in plan]
+    rejected: list[Rejected] = []
+    assert merge_curation(settings, run_dir, parts, rejected, CurateStats()) == len(single)
+    assert (run_dir / "curated.jsonl").read_text() == "".join(t.model_dump_json() + "\n" for t in single)
+    assert rejected == single_rejected
+    reasons = {r.location.split("id ")[-1]: r.reason for r in rejected}
+    assert all(reasons[f"copy{i}"].startswith(f"near-duplicate of 'o{i}'") for i in range(4))
+    assert reasons["k0-copy"].startswith("near-duplicate of 'k0'") and reasons["leak"].startswith("eval contamination")
+    assert reasons["o3"].startswith("duplicate id") and reasons["o2-again"] == "exact duplicate of 'o2'"
+
+
 # ----------------------------------------------------------------------------------------------- split
 
 
