@@ -62,8 +62,8 @@ def test_export_runs_in_a_fresh_venv_without_torch(fitted_boundary, adapter_dir,
         assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr, heavy
 
     out = tmp_path / "pred.jsonl"
-    done = _run([str(py), "-m", "chaptering.edge", str(folder), str(src), "--out", str(out), "--verify"], 600,
-                cwd=tmp_path)
+    done = _run([str(py), "-m", "chaptering.edge", str(folder), str(src), "--out", str(out), "--verify",
+                 "--threads", "1"], 600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     torch_path = load_bundle(bundle, "torch", str(tiny_dir), tmp_path / "cache")

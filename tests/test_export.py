@@ -167,7 +167,7 @@ def test_exported_folder_places_the_pytorch_bundles_chapters(exported: Path, bun
     heldout = [t for t in load_heldout(PROJECT_ROOT / "data" / "eval" / "heldout.jsonl")
                if t.meta.get("domain") == "short"][:10]
     torch_path = load_chapterer(str(bundle), settings)
-    edge = load_export(exported, "f32")
+    edge = load_export(exported, "f32", threads=1)
     for t in transcripts[:10] + heldout:
         want, got = torch_path.predict(t), edge.predict(t)
         assert got.boundaries == want.boundaries, t.id
@@ -196,7 +196,8 @@ def test_runtime_imports_no_torch(exported: Path, tmp_path: Path):
     src = tmp_path / "in.jsonl"
     write_jsonl(src, [json.loads(line) for line in
                       (PROJECT_ROOT / "data" / "train" / "vidchapters-short.jsonl").read_text().splitlines()[:2]])
-    code = ("import sys, runpy; sys.argv = ['x', sys.argv[1], sys.argv[2], '--out', sys.argv[3], '--quant', 'q8_0'];"
+    code = ("import sys, runpy; sys.argv = ['x', sys.argv[1], sys.argv[2], '--out', sys.argv[3], '--quant', 'q8_0',"
+            " '--threads', '1'];"
             "rc = 0\ntry:\n    runpy.run_module('chaptering.edge', run_name='__main__')\nexcept SystemExit as e:\n"
             "    rc = e.code\nheavy = [m for m in ('torch', 'transformers', 'peft', 'mlflow') if m in sys.modules]\n"
             "assert rc == 0 and not heavy, (rc, heavy)")

@@ -25,6 +25,9 @@ class OnnxEncoder:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        # Idle pool threads would otherwise spin for a while after each batch, on the cores llama.cpp
+        # is about to decode the titles on.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(folder / "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
 
     def encode(self, texts: Sequence[str]) -> Any:

@@ -11,6 +11,7 @@ inherited, so the two runtimes title the same chapters the same way.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +42,39 @@ def render_chat(template: str, messages: Sequence[Mapping[str, str]], specials: 
     return env.from_string(template).render(messages=list(messages), add_generation_prompt=True, **specials)
 
 
+_PARAMS_LOCK = threading.Lock()
+
+
+def load_llama(gguf: Path, n_ctx: int, threads: int, extra_buffers: bool = False) -> Any:
+    """A llama.cpp model on plain CPU buffers unless `extra_buffers`.
+
+    llama.cpp's extra CPU buffer types (AMX tiles, repacked weights) crash decoding on this project's
+    CPU (SIGSEGV in llama_decode for every quantised type, llama.cpp's own q8_0 file included; f16/f32
+    use none). llama-cpp-python has no argument for `use_extra_bufts`, so the default model params are
+    wrapped while the model loads.
+    """
+    import llama_cpp.llama as high
+    from llama_cpp import Llama
+
+    if extra_buffers:
+        return Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=512, n_threads=threads, n_threads_batch=threads,
+                     verbose=False)
+    with _PARAMS_LOCK:
+        default = high.llama_cpp.llama_model_default_params
+
+        def plain() -> Any:
+            params = default()
+            params.use_extra_bufts = False
+            return params
+
+        high.llama_cpp.llama_model_default_params = plain
+        try:
+            return Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=512, n_threads=threads,
+                         n_threads_batch=threads, verbose=False)
+        finally:
+            high.llama_cpp.llama_model_default_params = default
+
+
 class GGUFTitler(LLMTitler):
     """`LLMTitler` with llama.cpp underneath. `model` stays None: the service's deadline wrapper patches a
     PyTorch `generate`, which this titler has not; it checks `should_stop` between chapters instead."""
@@ -49,7 +83,6 @@ class GGUFTitler(LLMTitler):
                  max_new_tokens: int = MAX_TITLE_TOKENS, n_ctx: int = 1024) -> None:
         import os
 
-        from llama_cpp import Llama
         from tokenizers import Tokenizer
 
         super().__init__(None, Tokenizer.from_file(str(tokenizer)), max_new_tokens=max_new_tokens, batch_size=1)
@@ -57,8 +90,7 @@ class GGUFTitler(LLMTitler):
         self.stop_ids = {int(i) for i in llm["stop_ids"]}
         self.n_ctx = n_ctx
         threads = threads or os.cpu_count() or 1
-        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=512, n_threads=threads,
-                         n_threads_batch=threads, verbose=False)
+        self.llm = load_llama(gguf, n_ctx=n_ctx, threads=threads)
 
     def prompt_ids(self, text: str) -> list[int]:
         """Token ids of one chapter's title prompt, as the PyTorch titler builds them."""
