@@ -1,0 +1,119 @@
+"""The Prefect UI in Chromium, against a real `prefect server` on a free loopback port with the project's
+deployments (`prefect deploy --all` from prefect.yaml): the Deployments page lists `nightly-retrain` with
+its schedule and `retrain`; a custom run of `retrain` with a changed `max_steps`, started from the UI,
+reaches a process worker, completes on the tiny model, and its `nightly-summary` artifact shows in the UI.
+
+The UI asks the API at `PREFECT_UI_API_URL` (port 4200 when unset), so the server gets it for its own port.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from factories import small_project
+from servers import free_port, server_process
+
+from chaptering.config import PROJECT_ROOT
+
+from .chromium import Page, missing
+
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(missing() is not None, reason=f"{missing()}")]
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def prefect_server(tmp_path: Path, tiny_dir: Path):
+    """(env for the CLI and the worker, UI base URL, settings the worker's flow runs with)."""
+    settings = small_project(tmp_path, tiny_dir)
+    config = tmp_path / "chaptering.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json", exclude={"config_file"})))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": f"{base}/api",
+           "PREFECT_UI_API_URL": f"{base}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "CHAPTERING_CONFIG_FILE": str(config), "PREFECT_LOGGING_LEVEL": "WARNING"}
+    env.pop("CHAPTERING_STATE_DIR", None)
+    cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with server_process(cmd, f"{base}/api/health", tmp_path / "prefect-server.log", env=env, name="prefect server"):
+        _prefect(env, "work-pool", "create", "chaptering-pool", "--type", "process")
+        _prefect(env, "--no-prompt", "deploy", "--all")
+        yield env, base, settings
+
+
+def _prefect(env: dict, *args: str, timeout: float = 180) -> str:
+    out = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                         timeout=timeout, check=False)
+    assert out.returncode == 0, f"prefect {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
+    return out.stdout
+
+
+def _row(page: Page, name: str) -> str:
+    el = page.element(f"//tr[.//a[normalize-space(.)='{name}']]")
+    return re.sub(r"\s+", " ", el.text)
+
+
+def test_deployments_and_a_custom_run_from_the_ui(page: Page, prefect_server) -> None:
+    env, base, settings = prefect_server
+    page.open(f"{base}/deployments")
+    page.wait_text("2 Deployments", "nightly-retrain", "retrain", "At 02:00 AM every day")
+    nightly, manual = _row(page, "nightly-retrain"), _row(page, "retrain")
+    assert "At 02:00 AM every day" in nightly and "nightly" in nightly, nightly
+    assert "manual" in manual and "At 02:00" not in manual, manual
+    page.shot("prefect-deployments")
+
+    # a custom run of `retrain`: the form lists the flow's parameters; max_steps goes from None to 1
+    page.click("//a[normalize-space(.)='retrain']")
+    page.wait_text("Entrypoint", "flows/nightly.py:nightly_retrain")
+    page.click("//button[normalize-space(.)='Run']")
+    page.click("(//*[normalize-space(.)='Custom run'])[last()]")
+    page.wait_text("Parameters", r"max_steps \(Optional\)", "Submit")
+    block = "//*[normalize-space(text())='max_steps (Optional)']/ancestor::*[.//button[normalize-space(.)='int']][1]"
+    page.click(f"{block}//button[normalize-space(.)='int']")
+    field = page.element("//*[normalize-space(text())='max_steps (Optional)']/ancestor::*[.//input][1]//input")
+    field.send_keys("1")
+    page.scroll_to("//*[normalize-space(text())='Parameters']")
+    page.shot("prefect-custom-run")
+    page.click("//button[normalize-space(.)='Submit']")
+    page.wait_text("scheduled to start now")
+    page.click("(//*[normalize-space(.)='View run'])[last()]")
+    page.until(lambda: "/runs/flow-run/" in page.driver.current_url, "the flow run's page")
+    flow_run_id = page.driver.current_url.rstrip("/").split("/runs/flow-run/")[1].split("?")[0]
+
+    # a process worker picks the run up and runs it on the tiny model (the config file names its state)
+    _prefect(env, "worker", "start", "--pool", "chaptering-pool", "--run-once", timeout=900)
+    run = _flow_run(base, flow_run_id)
+    assert run.state.is_completed(), f"flow run ended {run.state.name}: {run.state.message}"
+    assert run.parameters.get("max_steps") == 1, run.parameters
+    from mlflow import MlflowClient
+
+    trained = MlflowClient(settings.tracking_uri).search_runs(
+        [MlflowClient(settings.tracking_uri).get_experiment_by_name("chaptering").experiment_id])
+    assert any(r.data.params.get("train.max_steps") == "1" for r in trained), "the UI's max_steps reached training"
+
+    page.driver.refresh()
+    page.wait_text("Completed", "nightly-retrain")
+    page.shot("prefect-flow-run")
+    page.click("//*[@role='tab' or self::button or self::a][normalize-space(.)='Artifacts']")
+    page.wait_text("nightly-summary")
+    page.click("(//*[normalize-space(text())='nightly-summary'])[last()]")
+    page.wait_text("Decision", "nightly-summary")
+    page.shot("prefect-summary-artifact")
+
+
+def _flow_run(base: str, flow_run_id: str):
+    import asyncio
+
+    from prefect.client.orchestration import PrefectClient
+
+    async def read():
+        async with PrefectClient(f"{base}/api") as client:
+            return await client.read_flow_run(flow_run_id)
+
+    return asyncio.run(read())
