@@ -1,9 +1,10 @@
 """The exported (on-device) chapterer against the PyTorch one it came from: parity and speed (issue 19).
 
-  parity: both on the held-out set (data/eval/heldout.jsonl): per domain, how often the chapter starts
-          are identical, primary F1 of each and the difference, and title ROUGE-L between the two on
-          chapters that start at the same line. Predictions are kept under bench/results/edge/ (reused
-          with --reuse: the PyTorch pass is the slow one).
+  parity: boundaries on every held-out transcript (data/eval/heldout.jsonl): how often the PyTorch path
+          (MiniLM on PyTorch) and the export (ONNX MiniLM) place identical starts, primary F1 of each per
+          domain and the headline difference; titles on the first N transcripts of each domain: ROUGE-L
+          between the PyTorch titler and each GGUF quantisation on the same chapters, and against the
+          reference titles.
   speed:  each runtime in a fresh process: load time, cold start (process spawn to the first answer on a
           10-minute transcript), latency on 10- and 60-minute transcripts, peak RSS (VmHWM).
 
@@ -33,71 +34,116 @@ HELDOUT = ROOT / "data" / "eval" / "heldout.jsonl"
 # --- parity ----------------------------------------------------------------------------------------
 
 
-def _predictions(spec: str, transcripts: list[Any], label: str, reuse: bool) -> tuple[Any, list[Any]]:
-    """evaluate() of one model, its predictions cached as JSONL under bench/results/edge/."""
+def _torch_bundle(spec: str) -> tuple[Path, str, Any]:
+    """The registered (or local) bundle behind `spec`: (folder, base model, settings)."""
     from chaptering.config import get_settings
-    from chaptering.evaluate import evaluate as run_eval
-    from chaptering.evaluate import fingerprint, report_from_rows
-    from chaptering.factory import load_chapterer
-    from chaptering.metrics import domain_of, score
-    from chaptering.schema import Prediction
+    from chaptering.registry import fetch_model
 
-    path = RESULTS / "edge" / f"{label}.jsonl"
-    if reuse and path.is_file():
-        preds = [Prediction.model_validate_json(line) for line in path.read_text().splitlines()]
-        if [p.id for p in preds] == [t.id for t in transcripts]:
-            rows = [{"id": t.id, "domain": domain_of(t), **score(t, p)} for t, p in zip(transcripts, preds)]
-            return report_from_rows(label, str(HELDOUT), fingerprint(transcripts), rows), preds
-    chapterer = load_chapterer(spec, get_settings().prepare())
-    report, preds = run_eval(chapterer, transcripts, data_name=str(HELDOUT))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(p.model_dump_json() + "\n" for p in preds))
-    return report, preds
+    settings = get_settings().prepare()
+    if Path(spec).is_dir():
+        return Path(spec), settings.model.base, settings
+    bundle, base, _ = fetch_model(spec, settings)
+    return bundle, base, settings
 
 
-def _agreement(transcripts: list[Any], ref: list[Any], hyp: list[Any]) -> dict[str, dict[str, float]]:
-    """Per domain (and `all`): identical starts, exact-line F1 of hyp starts vs ref starts, title ROUGE-L
-    and exact-title share on chapters starting at the same line."""
-    from chaptering.metrics import _rouge, boundary_prf, domain_of
+def _prediction(t: Any, starts: list[int], titles: list[str] | None = None) -> Any:
+    from chaptering.schema import PredictedChapter, Prediction
 
-    acc: dict[str, dict[str, list[float]]] = {}
-    for t, a, b in zip(transcripts, ref, hyp):
+    titles = titles or ["-"] * len(starts)
+    return Prediction(id=t.id, model="parity", chapters=[
+        PredictedChapter(title=ti or "-", start_segment=s, start=t.segments[s].start) for s, ti in zip(starts, titles)])
+
+
+def boundary_parity(transcripts: list[Any], bundle: Path, export: Path, cache_dir: Path) -> list[str]:
+    """Chapter starts of the PyTorch boundary path (MiniLM on PyTorch, embeddings cache as in training)
+    and of the export (ONNX MiniLM) on every transcript: the primary F1 and the headline depend on these
+    alone, so they are the same for every GGUF quantisation."""
+    from chaptering.boundary import BoundaryModel
+    from chaptering.edge import load_export
+    from chaptering.metrics import domain_of, headline, score
+
+    torch_trees = BoundaryModel.load(bundle / "boundary")
+    edge = load_export(export).boundary
+    rows: dict[str, list[dict[str, Any]]] = {"torch": [], "export": []}
+    same: dict[str, list[float]] = {}
+    t0 = time.perf_counter()
+    for t in transcripts:
+        a, b = torch_trees.starts(t, cache_dir)[0], edge.starts(t)[0]
+        for label, starts in (("torch", a), ("export", b)):
+            rows[label].append({"id": t.id, "domain": domain_of(t), **score(t, _prediction(t, starts))})
         for d in (domain_of(t), "all"):
-            row = acc.setdefault(d, {"same": [], "f1": [], "rouge": [], "title_same": []})
-            row["same"].append(float(a.boundaries == b.boundaries))
-            row["f1"].append(boundary_prf(a.boundaries, b.boundaries, 0)[2])
-            titles = {c.start_segment: c.title for c in a.chapters}
-            for c in b.chapters:
-                if c.start_segment in titles:
-                    row["rouge"].append(_rouge().score(titles[c.start_segment], c.title)["rougeL"].fmeasure)
-                    row["title_same"].append(float(titles[c.start_segment] == c.title))
-    return {d: {k: (sum(v) / len(v) if v else float("nan")) for k, v in row.items()} | {"n": len(row["same"])}
-            for d, row in acc.items()}
+            same.setdefault(d, []).append(float(a == b))
+    heads = {k: headline(v, n_boot=200)["mean"] for k, v in rows.items()}
+    lines = [f"## Boundaries: {len(transcripts)} held-out transcripts ({time.perf_counter() - t0:.0f} s)", "",
+             (f"Headline (macro F1 over domains): PyTorch {heads['torch']:.4f}, export {heads['export']:.4f}, "
+             f"Δ {heads['export'] - heads['torch']:+.4f}. The trees, features and decoder are shared, so this "
+             "holds for every quantisation (q8_0, q4_k_m, f16): the GGUF only writes titles."), "",
+             "| domain | n | identical starts | F1 PyTorch | F1 export | Δ F1 |", "|---|---|---|---|---|---|"]
+    for d in [*sorted({domain_of(t) for t in transcripts}), "all"]:
+        f = {k: [r["f1"] for r in v if d in ("all", r["domain"])] for k, v in rows.items()}
+        m = {k: sum(v) / len(v) for k, v in f.items()}
+        lines.append(f"| {d} | {len(same[d])} | {sum(same[d]) / len(same[d]):.1%} | {m['torch']:.4f} | "
+                     f"{m['export']:.4f} | {m['export'] - m['torch']:+.4f} |")
+    return [*lines, ""]
+
+
+def title_parity(transcripts: list[Any], bundle: Path, base: str, export: Path, quants: list[str],
+                 cache_dir: Path, threads: int | None) -> list[str]:
+    """Titles of the same chapters (the PyTorch starts) from the PyTorch titler and each GGUF: ROUGE-L
+    between them, identical share, and each one's ROUGE-L against the reference titles."""
+    from chaptering.boundary import BoundaryModel
+    from chaptering.boundary_chapterer import load_titler
+    from chaptering.edge import load_export
+    from chaptering.metrics import _rouge, score
+
+    trees = BoundaryModel.load(bundle / "boundary")
+    starts = [trees.starts(t, cache_dir)[0] for t in transcripts]
+    runs: dict[str, tuple[list[list[str]], float]] = {}
+
+    def run(label: str, titler: Any) -> None:
+        t0 = time.perf_counter()
+        runs[label] = ([titler.titles(t, s)[0] for t, s in zip(transcripts, starts)], time.perf_counter() - t0)
+
+    run("PyTorch", load_titler(bundle / "adapter", base, cache_dir))
+    for q in quants:
+        run(q, load_export(export, q, threads).titler)
+    n_chapters = sum(len(s) for s in starts)
+    lines = [f"## Titles: {len(transcripts)} held-out transcripts, {n_chapters} chapters (the PyTorch starts)", "",
+             "| titler | ROUGE-L vs PyTorch titles | identical to PyTorch | ROUGE-L vs reference | seconds |",
+             "|---|---|---|---|---|"]
+    ref_titles = runs["PyTorch"][0]
+    for label, (titles, secs) in runs.items():
+        pairs = [(a, b) for ta, tb in zip(ref_titles, titles) for a, b in zip(ta, tb)]
+        rouge = sum(_rouge().score(a, b)["rougeL"].fmeasure for a, b in pairs) / max(1, len(pairs))
+        same = sum(a == b for a, b in pairs) / max(1, len(pairs))
+        vs_ref = [score(t, _prediction(t, s, ti))["title_rouge_l"] for t, s, ti in zip(transcripts, starts, titles)]
+        vs_ref = [v for v in vs_ref if v is not None]
+        lines.append(f"| {label} | {rouge:.3f} | {same:.1%} | {sum(vs_ref) / max(1, len(vs_ref)):.3f} | {secs:.0f} |")
+    return [*lines, ""]
 
 
 def parity(args: argparse.Namespace) -> str:
-    from chaptering.evaluate import DOMAIN_ORDER
     from chaptering.heldout import load_heldout
+    from chaptering.metrics import domain_of
 
-    transcripts = load_heldout(HELDOUT)[: args.limit]
-    torch_report, torch_preds = _predictions(args.torch, transcripts, "torch", args.reuse)
-    lines = [f"# Edge export parity: `{args.export}` vs `{args.torch}` ({len(transcripts)} held-out transcripts)",
-             "", f"PyTorch headline (macro F1): {torch_report.headline['mean']:.4f}", ""]
-    domains = [d for d in DOMAIN_ORDER if d in torch_report.domains]
-    for q in args.quants:
-        report, preds = _predictions(f"export:{args.export}@{q}", transcripts, f"export-{q}", args.reuse)
-        agree = _agreement(transcripts, torch_preds, preds)
-        diff = report.headline["mean"] - torch_report.headline["mean"]
-        lines += [f"## {q}: headline {report.headline['mean']:.4f} (Δ {diff:+.4f} vs PyTorch)", "",
-                  ("| domain | n | identical starts | start F1 vs PyTorch | F1 PyTorch | F1 export | Δ F1 "
-                  "| title ROUGE-L vs PyTorch | identical titles |"), "|---|---|---|---|---|---|---|---|---|"]
-        for d in [*domains, "all"]:
-            a = agree[d]
-            f_t = torch_report.domains[d]["f1"]["mean"] if d != "all" else torch_report.aggregate["f1"]["mean"]
-            f_e = report.domains[d]["f1"]["mean"] if d != "all" else report.aggregate["f1"]["mean"]
-            lines.append(f"| {d} | {a['n']} | {a['same']:.1%} | {a['f1']:.3f} | {f_t:.3f} | {f_e:.3f} | "
-                         f"{f_e - f_t:+.4f} | {a['rouge']:.3f} | {a['title_same']:.1%} |")
-        lines.append("")
+    def first(transcripts: list[Any], n: int | None) -> list[Any]:
+        """The first n of each domain, so long meetings and short videos both count."""
+        seen: dict[str, int] = {}
+        out = []
+        for t in transcripts:
+            d = domain_of(t)
+            if n is None or seen.get(d, 0) < n:
+                out.append(t)
+                seen[d] = seen.get(d, 0) + 1
+        return out
+
+    transcripts = load_heldout(HELDOUT)
+    bundle, base, settings = _torch_bundle(args.torch)
+    lines = [f"# Edge export parity: `{args.export}` vs `{args.torch}`", ""]
+    lines += boundary_parity(first(transcripts, args.boundaries_per_domain), bundle, args.export,
+                             settings.cache_dir)
+    lines += title_parity(first(transcripts, args.titles_per_domain), bundle, base, args.export, args.quants,
+                          settings.cache_dir, args.threads)
     return "\n".join(lines) + "\n"
 
 
@@ -201,9 +247,12 @@ def main() -> None:
         p.add_argument("--export", required=True, type=Path, help="the folder `chaptering export` wrote")
         p.add_argument("--quants", nargs="+", default=["q8_0"])
         p.add_argument("--out", type=Path, default=RESULTS / f"edge-{name}.md")
+        p.add_argument("--threads", type=int, help="CPU threads for the export (default: all cores)")
         if name == "parity":
-            p.add_argument("--limit", type=int, help="only the first N held-out transcripts")
-            p.add_argument("--reuse", action="store_true", help="reuse saved predictions of the same transcripts")
+            p.add_argument("--boundaries-per-domain", type=int, help="boundary parity on the first N of each "
+                           "domain (default: every held-out transcript)")
+            p.add_argument("--titles-per-domain", type=int, default=6,
+                           help="title parity on the first N transcripts of each domain (the LM is the slow part)")
         else:
             p.add_argument("--repeats", type=int, default=3)
     c = sub.add_parser("_child")

@@ -67,7 +67,7 @@ def export_bundle(bundle: Path, base: str, out: Path, quants: Sequence[str], cac
         manifest = {
             "format": FORMAT,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "source": {"model": str(bundle), "base_model": base, **(source or {})},
+            "source": {"model": f"local:{bundle.name}", "base_model": base, **(source or {})},
             "prompt_version": TITLE_PROMPT_VERSION,
             "calibration": trees.decoder.to_dict(),
             "boundary": {"features": len(trees.card.get("features", [])), "rounds": trees.card.get("rounds"),
