@@ -91,8 +91,9 @@ class Page:
         self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", el)
         self.until(lambda: el.click() is None, f"a click on {xpath}")
 
-    def check(self, xpath: str) -> None:
-        """Tick a checkbox that the page styles over (the input itself is hidden, so click it in script)."""
+    def click_hidden(self, xpath: str) -> None:
+        """Click an element the page hides or styles over (a checkbox under its styled box, a tab list shown
+        as a select on narrow screens): a mouse cannot reach it, so click it in script."""
         self.driver.execute_script("arguments[0].click()", self.element(xpath, displayed=False))
 
     def scroll_to(self, xpath: str) -> None:
