@@ -97,7 +97,7 @@ def plan_curation(settings: Settings, run_dir: Path, standalone: bool = False) -
 
 def read_shard(shard: Shard) -> Iterator[Transcript]:
     """The shard's transcripts; a bad line raises InputError naming the file and line, as iter_transcripts does."""
-    from chaptering.io import _parse_record
+    from chaptering.io import InputError, _parse_record
 
     with shard.path.open("rb") as f:
         f.seek(shard.start)
@@ -107,7 +107,10 @@ def read_shard(shard: Shard) -> Iterator[Transcript]:
             if not raw:
                 break
             pos += len(raw)
-            text = raw.decode("utf-8").lstrip("\ufeff") if lineno == 1 else raw.decode("utf-8")
+            try:
+                text = raw.decode("utf-8").removeprefix("\ufeff" if lineno == 1 else "")
+            except UnicodeDecodeError as e:
+                raise InputError(str(shard.path), f"line {lineno}", f"not valid UTF-8 ({e.reason})") from None
             if text.strip():
                 yield _parse_record(text, Transcript, str(shard.path), f"line {lineno}", None)
             lineno += 1
