@@ -114,7 +114,6 @@ def _metrics_grid(page: Page) -> dict[str, list[str]]:
         grid = page.driver.execute_script(read, offset)
         time.sleep(0.3)
         grid = page.driver.execute_script(read, None)
-    page.driver.execute_script(read, 0)  # back to the top rows for the screenshot
     return out
 
 
@@ -167,6 +166,8 @@ def test_registered_model_and_comparison_views(page: Page, mlflow_url: str, two_
     for key in ("headline", *(f"{m}/{d}" for d in DOMAINS for m in ("f1", "pk", "boundary_similarity"))):
         expected = [_run_metric(settings, c.run_id, key) for c in (left, right)]
         assert [float(v) for v in metrics[key]] == pytest.approx(expected, abs=1e-3), key
+    page.driver.refresh()  # the grids were scrolled apart while reading them: start the screenshot afresh
+    page.wait_text("Comparing 2 Runs", "Metrics", "f1/short")
     page.scroll_to("//*[normalize-space(text())='Metrics']")
     page.shot("mlflow-compare-runs-metrics")
 
