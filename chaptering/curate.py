@@ -145,7 +145,8 @@ class Known:
 @dataclass
 class Candidate:
     """A record that passed every per-record stage; `guard` is the eval guard's verdict, applied after
-    dedup, in the order a single pass has always used."""
+    dedup, in the order a single pass has always used. `resolve` reads only the transcript's id (shards
+    pass the transcript through as the JSON text the worker wrote)."""
 
     transcript: Transcript
     hash: str

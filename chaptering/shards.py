@@ -124,17 +124,27 @@ def _unb64(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype=np.uint32)
 
 
+@dataclass(frozen=True)
+class RawTranscript:
+    """An accepted transcript as the worker serialised it: the merge only needs its id, and writing the
+    same JSON text back saves a pydantic round trip per record (the merge is the sequential part)."""
+
+    id: str
+    json: str
+
+
 def _encode(item: Known | Candidate | Turned) -> str:
+    """One screened record as JSON lines: a candidate's header line is followed by its transcript's line."""
     if isinstance(item, Known):
         return json.dumps({"known": [item.id, item.hash, _b64(item.signature)]}, ensure_ascii=False) + "\n"
     if isinstance(item, Turned):
         r = item.rejected
         return json.dumps({"turned": [item.stage, r.source, r.location, r.reason]}, ensure_ascii=False) + "\n"
-    head = json.dumps([item.hash, _b64(item.signature), item.guard, item.source, item.location], ensure_ascii=False)
-    return '{"candidate": ' + head + ', "transcript": ' + item.transcript.model_dump_json() + "}\n"
+    head = [item.transcript.id, item.hash, _b64(item.signature), item.guard, item.source, item.location]
+    return json.dumps({"candidate": head}, ensure_ascii=False) + "\n" + item.transcript.model_dump_json() + "\n"
 
 
-def _decode(line: str) -> Known | Candidate | Turned:
+def _decode(line: str, lines: Iterator[str]) -> Known | Candidate | Turned:
     obj = json.loads(line)
     if "known" in obj:
         tid, h, sig = obj["known"]
@@ -142,8 +152,9 @@ def _decode(line: str) -> Known | Candidate | Turned:
     if "turned" in obj:
         stage, source, location, reason = obj["turned"]
         return Turned(stage, Rejected(source=source, location=location, reason=reason))
-    h, sig, guard, source, location = obj["candidate"]
-    return Candidate(Transcript.model_validate(obj["transcript"]), h, _unb64(sig), guard, source, location)
+    tid, h, sig, guard, source, location = obj["candidate"]
+    return Candidate(RawTranscript(tid, next(lines).rstrip("\n")), h, _unb64(sig), guard, source,  # type: ignore[arg-type]
+                     location)
 
 
 def screen_shard(settings: Settings, shard: Shard, out_dir: Path) -> Path:
@@ -163,28 +174,30 @@ def screen_shard(settings: Settings, shard: Shard, out_dir: Path) -> Path:
 
 
 def read_screened(paths: Iterable[Path]) -> Iterator[Known | Candidate | Turned]:
+    """The records `screen_shard` wrote, in order; a candidate's transcript stays the JSON text it was."""
     for path in paths:
         with path.open(encoding="utf-8") as f:
-            yield from (_decode(line) for line in f if line.strip())
+            lines = iter(f)
+            yield from (_decode(line, lines) for line in lines)
 
 
 def merge_curation(settings: Settings, run_dir: Path, parts: list[Path], rejected: list[Rejected],
                    stats: CurateStats) -> int:
-    """The screened shards, in plan order, through dedup -> run_dir/curated.jsonl; returns how many were
-    accepted. The shard files are removed once merged."""
+    """The screened shards, in plan order, through dedup -> run_dir/curated.jsonl (the same bytes
+    `write_jsonl` gives); returns how many were accepted. The shard files are removed once merged."""
     from chaptering.curate import SeenIndex, resolve
-    from chaptering.io import write_jsonl
 
     with tempfile.TemporaryDirectory(dir=run_dir, prefix="curate-") as scratch:
         seen = SeenIndex(Path(scratch) / "seen.sqlite", settings.data.near_dup_threshold, settings.data.minhash_perm)
+        before = stats.accepted
         try:
-            accepted = write_jsonl(run_dir / "curated.jsonl",
-                                   resolve(read_screened(parts), seen=seen, rejected=rejected, stats=stats))
+            accepted = resolve(read_screened(parts), seen=seen, rejected=rejected, stats=stats)
+            _atomic_write(run_dir / "curated.jsonl", (t.json + "\n" for t in accepted))  # type: ignore[attr-defined]
         finally:
             seen.close()
     for p in parts:
         p.unlink(missing_ok=True)
-    return accepted
+    return stats.accepted - before
 
 
 # ------------------------------------------------------------------------------------------- evaluation

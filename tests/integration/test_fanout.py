@@ -105,8 +105,17 @@ def _curate_both(tmp_path: Path, tiny_dir: Path, **scale):
     plan = shards.plan_curation(many, run_many)
     assert [s.kind for s in plan] == ["known"] * 3 + ["new"] * 3  # the corpus first, in input order
     single = pipeline.curate_stage(one, run_one)
-    fanned = flow(name="night")(nightly.curate_stage)(many, run_many)  # inside a flow, as in nightly_retrain
+    with _patient_api():
+        fanned = flow(name="night")(nightly.curate_stage)(many, run_many)  # inside a flow, as in nightly_retrain
     return (one, run_one, single), (many, run_many, fanned), plan
+
+
+def _patient_api():
+    """A busy 2-core machine can take longer than Prefect's default 20 s to start the ephemeral API (the
+    test process imported Prefect before `Settings.prepare` could raise it through the environment)."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+    return temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 300})
 
 
 def _quarantine(run_dir: Path) -> list[dict]:
@@ -180,7 +189,8 @@ def test_evaluation_on_a_local_dask_cluster_matches_one_process(tmp_path: Path, 
         run_dir = s.state_dir / "runs" / "night"
         outcome = TrainOutcome(True, "a baseline stands in for the challenger", Path("baseline:equal"))
         stage = pipeline.evaluate_stage if name == "one" else flow(name="night")(nightly.evaluate_stage)
-        evals = stage(s, outcome, run_dir)
+        with _patient_api():
+            evals = stage(s, outcome, run_dir)
         reports.append(evals)
     one, many = reports
     strip = [{k: v for k, v in r.items() if k != "latency_s"} for r in one.challenger.rows]
