@@ -8,6 +8,7 @@ Each (size, workers) gets a fresh local cluster of single-threaded worker proces
 read from each worker afterwards is that run's. The flow process (the merge with its on-disk dedup
 index, the Dask scheduler and the Prefect client) is measured as well.
 
+`--merge N` times the sequential merge alone over N screened transcripts.
 `--index N` measures only the near-duplicate memory: N signatures into datasketch's in-memory LSH
 (`NearDupIndex`, what curation used before) and into the on-disk `SeenIndex`, each in its own process.
 Results are appended to out/bench/curate.jsonl, one JSON line a run.
@@ -137,6 +138,36 @@ def run_index(n: int, kind: str) -> dict:
             "rss_growth_mb": round(_rss_mb() - before, 1), "peak_rss_mb": _rss_mb(), "file_mb": round(size / 2**20, 1)}
 
 
+def run_merge(n: int) -> dict:
+    """The sequential merge alone: the first n transcripts of the 20k corpus screened into one shard (not
+    timed), then `merge_curation` timed, beside the pydantic round trip it used to do per transcript."""
+    import itertools
+
+    from chaptering.config import ScaleSettings
+    from chaptering.curate import CurateStats
+    from chaptering.shards import merge_curation, plan_curation, read_screened, screen_shard
+
+    root = OUT / "merge-bench"
+    shutil.rmtree(root, ignore_errors=True)
+    settings = get_settings().model_copy(update={"state_dir": root / "state",
+                                                 "scale": ScaleSettings(shards=1, min_curate_shard=1)})
+    run_dir = root / "run"
+    run_dir.mkdir(parents=True)
+    with corpus(20_000).open(encoding="utf-8") as f, (run_dir / "ingested.jsonl").open("w", encoding="utf-8") as g:
+        g.writelines(itertools.islice(f, n))
+    parts = [screen_shard(settings, shard, root / "parts") for shard in plan_curation(settings, run_dir)]
+    t0 = time.perf_counter()
+    texts = [i.transcript.json for i in read_screened(parts) if hasattr(i, "transcript")]
+    round_trip = [Transcript.model_validate_json(x).model_dump_json() for x in texts]
+    round_trip_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    accepted = merge_curation(settings, run_dir, parts, [], CurateStats())
+    merge_s = time.perf_counter() - t0
+    shutil.rmtree(root, ignore_errors=True)
+    return {"merge": n, "accepted": accepted, "merge_s": round(merge_s, 2), "merge_per_s": round(n / merge_s),
+            "pydantic_round_trip_s": round(round_trip_s, 2), "candidates": len(round_trip)}
+
+
 def _child(fn, args, queue) -> None:
     queue.put(fn(*args))
 
@@ -157,9 +188,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--shards-per-worker", type=int, default=4)
     ap.add_argument("--index", type=int, default=0, help="also measure the dedup indexes alone at this size")
+    ap.add_argument("--merge", type=int, default=0, help="also time the merge alone over this many transcripts")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     runs = [(run_index, (args.index, kind)) for kind in ("memory", "disk") if args.index]
+    runs += [(run_merge, (args.merge,))] if args.merge else []
     runs += [(run_fanout, (n, w, args.shards_per_worker)) for n in args.sizes for w in args.workers]
     for fn, fn_args in runs:
         r = in_process(fn, *fn_args)
