@@ -27,7 +27,7 @@ from chaptering.schema import Chapterer, Prediction, Transcript
 # count error. F1@5 is 5 lines (turns in a meeting); F1@5s / F1@3s are time tolerances.
 TABLE = [
     ("f1", "F1"), ("f1_3s", "F1@3s"), ("f1_k5", "F1@5 lines"), ("pk", "Pk"), ("windowdiff", "WD"),
-    ("boundary_similarity", "B"), ("abs_count_error", "|Δn|"), ("title_rouge_l", "ROUGE-L"),
+    ("boundary_similarity", "B"), ("abs_count_error", "\\|Δn\\|"), ("title_rouge_l", "ROUGE-L"),
     ("parsed_clean", "clean"), ("unusable", "unusable"), ("start_auc", "AUC"),
 ]
 # Per-domain figures logged to MLflow (run metrics and version tags) and read by the gate.
