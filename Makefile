@@ -32,7 +32,7 @@ bench-train: setup
 	$(PY) bench/train.py
 
 bench-curate: setup
-	$(PY) bench/curate.py
+	$(PY) bench/curate.py --sizes 20000 --workers 1 2 --index 100000
 
 bench-serve: setup
 	$(PY) bench/serve.py
