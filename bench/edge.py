@@ -114,7 +114,7 @@ def title_parity(transcripts: list[Any], bundle: Path, base: str, export: Path, 
     ref_titles = runs["PyTorch"][0]
     for label, (titles, secs) in runs.items():
         pairs = [(a, b) for ta, tb in zip(ref_titles, titles) for a, b in zip(ta, tb)]
-        rouge = sum(_rouge().score(a, b)["rougeL"].fmeasure for a, b in pairs) / max(1, len(pairs))
+        rouge = sum(1.0 if a == b else _rouge().score(a, b)["rougeL"].fmeasure for a, b in pairs) / max(1, len(pairs))
         same = sum(a == b for a, b in pairs) / max(1, len(pairs))
         vs_ref = [score(t, _prediction(t, s, ti))["title_rouge_l"] for t, s, ti in zip(transcripts, starts, titles)]
         vs_ref = [v for v in vs_ref if v is not None]
@@ -159,7 +159,8 @@ def _speed_transcripts(out: Path) -> Path:
     rows = []
     for minutes in (10, 60):
         segs = [s for s in longest.segments if float(s.start or 0.0) < minutes * 60]
-        rows.append(longest.model_copy(update={"id": f"{longest.id}-{minutes}min", "segments": segs, "chapters": []}))
+        rows.append(longest.model_copy(update={"id": f"{longest.id}-{minutes}min", "segments": segs,
+                                               "chapters": None}))
     out.write_text("".join(t.model_dump_json() + "\n" for t in rows))
     return out
 
