@@ -5,8 +5,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 TORCH ?= torch==2.13.0
+# llama-cpp-python (the `edge` extra) compiles llama.cpp from source: ~15-35 min on 2 cores, once per
+# machine; its wheel is kept here and found by every later install (and by the fresh-venv edge test).
+WHEELHOUSE ?= $(HOME)/.cache/chaptering/wheels
+LLAMA_CPP := llama-cpp-python==0.3.36
+# Added to the machine's own find-links (which may hold the torch wheel), for the edge install and tests.
+EDGE_LINKS = PIP_FIND_LINKS="$(strip $(PIP_FIND_LINKS) $(WHEELHOUSE))"
 
-.PHONY: setup run test bench-quality bench-train bench-curate bench-serve clean
+.PHONY: setup setup-edge run test bench-quality bench-train bench-curate bench-serve clean
 
 setup: $(VENV)/.installed
 
@@ -17,13 +23,22 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) -e '.[dev]'
 	touch $@
 
+# The on-device extra, for the tests and `chaptering export` (make run does not need it).
+setup-edge: $(VENV)/.edge-installed
+
+$(VENV)/.edge-installed: $(VENV)/.installed
+	mkdir -p $(WHEELHOUSE)
+	ls $(WHEELHOUSE)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || $(PY) -m pip wheel --no-deps -q -w $(WHEELHOUSE) $(LLAMA_CPP)
+	$(EDGE_LINKS) $(PIP) -e '.[dev,edge]'
+	touch $@
+
 run: setup
 	$(VENV)/bin/chaptering retrain
 	$(VENV)/bin/chaptering models
 
-test: setup
+test: setup setup-edge
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(EDGE_LINKS) $(PY) -m pytest -q
 
 bench-quality: setup
 	$(PY) bench/quality.py --model champion
