@@ -203,10 +203,21 @@ def merge_curation(settings: Settings, run_dir: Path, parts: list[Path], rejecte
 # ------------------------------------------------------------------------------------------- evaluation
 
 
-def eval_ranges(n: int, scale: ScaleSettings) -> list[tuple[int, int]]:
-    """[start, end) index ranges over an n-transcript held-out set, contiguous and in order."""
+def eval_ranges(n: int, scale: ScaleSettings, sizes: list[int] | None = None) -> list[tuple[int, int]]:
+    """[start, end) index ranges over an n-transcript held-out set, contiguous and in order; with `sizes`
+    (lines per transcript) each range holds about the same number of lines, not of transcripts: the set
+    is ordered by domain, and equal counts gave one worker the 60 short videos and the other every
+    hour-long talk and meeting."""
     k = shard_count(n, scale.min_eval_shard, scale)
-    return [(n * i // k, n * (i + 1) // k) for i in range(k) if n * (i + 1) // k > n * i // k] or [(0, 0)]
+    if not sizes or k <= 1:
+        return [(n * i // k, n * (i + 1) // k) for i in range(k) if n * (i + 1) // k > n * i // k] or [(0, 0)]
+    total, cuts, acc = sum(sizes), [0], 0
+    for i, size in enumerate(sizes[:-1], start=1):
+        acc += size
+        if len(cuts) < k and acc >= total * len(cuts) / k:
+            cuts.append(i)
+    cuts.append(n)
+    return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
 
 
 def predict_range(settings: Settings, spec: str, start: int, end: int) -> list[dict[str, Any]]:
@@ -253,4 +264,5 @@ def plan_eval(settings: Settings) -> list[tuple[int, int]]:
     """`eval_ranges` over the configured held-out set."""
     from chaptering.heldout import load_heldout
 
-    return eval_ranges(len(load_heldout(settings.data.eval_path)), settings.scale)
+    held = load_heldout(settings.data.eval_path)
+    return eval_ranges(len(held), settings.scale, [len(t.segments) for t in held])

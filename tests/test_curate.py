@@ -442,3 +442,19 @@ def test_real_qmsum_meetings_curate_cleanly_and_a_planted_one_is_caught():
         assert not any("{disfmarker}" in s.text or "{vocalsound}" in s.text for s in t.segments)
         assert len(t.chapters) == len(r.chapters)
         assert json.loads(t.model_dump_json())["language"] == "en"
+
+
+@given(st.lists(st.integers(min_value=1, max_value=2000), min_size=1, max_size=80), st.integers(1, 4))
+@hsettings(max_examples=60, deadline=None)
+def test_eval_ranges_are_contiguous_and_balance_lines(sizes, shards):
+    """Evaluation ranges tile the held-out set in order; by lines, no range holds much more than its share
+    plus one transcript (the set is ordered by domain: equal counts gave one worker every long talk)."""
+    from chaptering.config import ScaleSettings
+    from chaptering.shards import eval_ranges
+
+    ranges = eval_ranges(len(sizes), ScaleSettings(shards=shards, min_eval_shard=1), sizes)
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(sizes)
+    assert all(a < b for a, b in ranges) and all(b == c for (_, b), (c, _) in itertools.pairwise(ranges))
+    assert len(ranges) <= shards
+    share = sum(sizes) / len(ranges)
+    assert all(sum(sizes[a:b]) <= share + max(sizes) for a, b in ranges)
