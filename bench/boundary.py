@@ -9,28 +9,16 @@ take under a minute. Writes the model to state/boundary-bench and the report to 
 import json
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from corpus import CACHE, EMBEDDING, ROOT, heldout_and_train
 
 from chaptering import boundary
 from chaptering.boundary_chapterer import BoundaryChapterer
 from chaptering.config import GateSettings
 from chaptering.evaluate import DOMAIN_ORDER, Report, evaluate, write_report
 from chaptering.gate import gate
-from chaptering.heldout import load_heldout
-from chaptering.io import read_transcripts
 
-CACHE = ROOT / "state" / "cache"
-SHARED = ROOT.parent / "shared" / "data"
-FILES = ["qmsum/qmsum-train.jsonl", "video/rawkode.jsonl", "video/lectures.jsonl", "video/tinyrec-dev.jsonl",
-         "video/vidchapters-short.jsonl"]
-EMBEDDING = ROOT / "bench" / "results" / "quality" / "baseline-embedding" / "report.json"
-
-held = load_heldout(ROOT / "data" / "eval" / "heldout.jsonl")
-hid = {t.id for t in held}
-train = [t for f in FILES for t in read_transcripts(SHARED / f) if t.id not in hid]
+held, train = heldout_and_train()
 print(len(train), "train transcripts", flush=True)
 t0 = time.time()
 params = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}

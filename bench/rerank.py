@@ -18,12 +18,9 @@ import argparse
 import hashlib
 import math
 import random
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from corpus import CACHE, EMBEDDING, ROOT, heldout_and_train
 
 from chaptering import boundary
 from chaptering.boundary_chapterer import BoundaryChapterer
@@ -32,16 +29,9 @@ from chaptering.decode import DecoderSettings, calibrate, decode
 from chaptering.embeddings import clean_line, encoder_dir
 from chaptering.evaluate import DOMAIN_ORDER, Report, evaluate, write_report
 from chaptering.gate import gate
-from chaptering.heldout import load_heldout
-from chaptering.io import read_transcripts
 from chaptering.keywords import titles_for
 from chaptering.schema import PredictedChapter, Prediction, Transcript
 
-CACHE = ROOT / "state" / "cache"
-SHARED = ROOT.parent / "shared" / "data"
-FILES = ["qmsum/qmsum-train.jsonl", "video/rawkode.jsonl", "video/lectures.jsonl", "video/tinyrec-dev.jsonl",
-         "video/vidchapters-short.jsonl"]
-EMBEDDING = ROOT / "bench" / "results" / "quality" / "baseline-embedding" / "report.json"
 OUT = ROOT / "bench" / "results" / "rerank"
 
 
@@ -183,10 +173,8 @@ def main() -> None:
     args = ap.parse_args()
     from sklearn.linear_model import LogisticRegression
 
-    held = load_heldout(ROOT / "data" / "eval" / "heldout.jsonl")
-    hid = {t.id for t in held}
-    train = [t for f in FILES for t in read_transcripts(SHARED / f)
-             if t.id not in hid and t.chapters and len(t.segments) >= 2]
+    held, train = heldout_and_train()
+    train = [t for t in train if t.chapters and len(t.segments) >= 2]
     stack_val = [t for t in train if _bucket("rerank-val", t.id) < 0.2]
     ce_train = [t for t in train if _bucket("rerank-val", t.id) >= 0.2]
     print(f"{len(train)} train transcripts: {len(ce_train)} for the cross-encoder, {len(stack_val)} to stack",
