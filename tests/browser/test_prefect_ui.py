@@ -8,50 +8,27 @@ The UI asks the API at `PREFECT_UI_API_URL` (port 4200 when unset), so the serve
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
-from factories import small_project
-from servers import free_port, server_process
-
-from chaptering.config import PROJECT_ROOT
+from servers import prefect_cli, prefect_project_server
 
 from .chromium import Page, missing
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(missing() is not None, reason=f"{missing()}")]
 
-BIN = Path(sys.executable).parent
-
-
 @pytest.fixture
 def prefect_server(tmp_path: Path, tiny_dir: Path):
     """(env for the CLI and the worker, UI base URL, settings the worker's flow runs with)."""
-    settings = small_project(tmp_path, tiny_dir)
-    config = tmp_path / "chaptering.yaml"
-    config.write_text(yaml.safe_dump(settings.model_dump(mode="json", exclude={"config_file"})))
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": f"{base}/api",
-           "PREFECT_UI_API_URL": f"{base}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "CHAPTERING_CONFIG_FILE": str(config), "PREFECT_LOGGING_LEVEL": "WARNING"}
-    env.pop("CHAPTERING_STATE_DIR", None)
-    cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    with server_process(cmd, f"{base}/api/health", tmp_path / "prefect-server.log", env=env, name="prefect server"):
+    with prefect_project_server(tmp_path, tiny_dir) as (env, base, settings):
         _prefect(env, "work-pool", "create", "chaptering-pool", "--type", "process")
         _prefect(env, "--no-prompt", "deploy", "--all")
         yield env, base, settings
 
 
 def _prefect(env: dict, *args: str, timeout: float = 180) -> str:
-    out = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
-                         timeout=timeout, check=False)
-    assert out.returncode == 0, f"prefect {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
-    return out.stdout
+    return prefect_cli(env, *args, timeout=timeout)
 
 
 def _row(page: Page, name: str) -> str:

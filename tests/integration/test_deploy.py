@@ -5,42 +5,20 @@ run it, then read the flow run's state and its summary artifact back through the
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
-from factories import small_project
-from servers import free_port, server_process
-
-from chaptering.config import PROJECT_ROOT
-
-BIN = Path(sys.executable).parent
+from servers import prefect_cli, prefect_project_server
 
 
 @pytest.fixture
 def server_env(tmp_path: Path, tiny_dir: Path):
-    settings = small_project(tmp_path, tiny_dir)
-    config = tmp_path / "chaptering.yaml"
-    config.write_text(yaml.safe_dump(settings.model_dump(mode="json", exclude={"config_file"})))
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "CHAPTERING_CONFIG_FILE": str(config),
-           "PREFECT_LOGGING_LEVEL": "WARNING"}
-    env.pop("CHAPTERING_STATE_DIR", None)
-    with server_process([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                        f"{api}/health", tmp_path / "server.log", env=env, name="prefect server"):
-        yield env, api, settings
+    with prefect_project_server(tmp_path, tiny_dir) as (env, base, settings):
+        yield env, f"{base}/api", settings
 
 
 def _prefect(env: dict, *args: str, timeout: float = 120) -> str:
-    out = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
-                         timeout=timeout, check=False)
-    assert out.returncode == 0, f"prefect {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
-    return out.stdout
+    return prefect_cli(env, *args, timeout=timeout)
 
 
 async def _flow_run_and_artifacts(api: str, deployment: str):
