@@ -189,6 +189,40 @@ def test_exported_folder_places_the_pytorch_bundles_chapters(exported: Path, bun
 
 
 @pytest.mark.edge
+def test_batched_titles_are_greedy_continuations_of_each_prompt(exported: Path, merged):
+    """The batch decoder (one KV sequence per chapter, prompts of different lengths, more prompts than
+    sequences) writes for every prompt a greedy continuation under the PyTorch model, as the one-at-a-time
+    path did, and stops at a stop token or the token limit."""
+    _needs("llama_cpp", "onnxruntime")
+    import torch
+
+    from chaptering.edge import load_export
+    from chaptering.edge.batch import BatchDecoder
+
+    titler = load_export(exported, "f32", threads=1).titler
+    texts = ["So, welcome back: today we fix the sink.", "Next, the budget for the second quarter.",
+             "Right. " * 40 + "And that is how the pump works.", "Questions?", "Let us look at the results " * 3]
+    prompts = [titler.prompt_ids(x) for x in texts]
+    decoder = BatchDecoder(titler.llm, n_seq=2, n_ctx=2 * (max(map(len, prompts)) + 8), threads=1)
+    assert len(decoder._groups(prompts, 8)) >= 3  # more prompts than sequences: several passes
+    answers = decoder.generate(prompts, 8, titler.stop_ids)
+    model, _ = merged
+    for ids, out in zip(prompts, answers):
+        assert 1 <= len(out) <= 8 and not set(out) & titler.stop_ids
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids + out])).logits[0]
+        for k, token in enumerate(out):
+            row = logits[len(ids) - 1 + k]
+            assert float(row.max() - row[token]) < 1e-3, (ids[-3:], k)
+        if len(out) < 8:  # it stopped: the next greedy token is a stop token
+            assert int(logits[-1].argmax()) in titler.stop_ids
+    assert titler._batch(texts) == titler._batch(texts)  # the KV cache is cleared between calls
+    decoder.close()
+    with pytest.raises(ValueError, match="does not fit"):
+        titler.decoder.generate([[1] * (titler.decoder.n_ctx + 1)], 8, titler.stop_ids)
+
+
+@pytest.mark.edge
 def test_runtime_imports_no_torch(exported: Path, tmp_path: Path):
     _needs("llama_cpp", "onnxruntime")
     from chaptering.io import write_jsonl

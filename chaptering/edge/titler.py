@@ -3,9 +3,9 @@ template and split by the tokenizer the adapter was trained with, then greedy de
 
 Prompts are tokenized with `tokenizers` (the adapter's own tokenizer.json), not llama.cpp's tokenizer,
 so the token ids are exactly those the PyTorch titler feeds its model; llama.cpp only runs the network.
-One chapter at a time: consecutive prompts share the system and instruction prefix, which llama.cpp
-keeps in its KV cache. `LLMTitler.titles` (the deadline checks, the "" for chapters left untitled) is
-inherited, so the two runtimes title the same chapters the same way.
+A batch of chapters is decoded together (batch.py: one sequence per chapter, one forward pass per
+decoding step for all of them). `LLMTitler.titles` (the deadline checks between batches, the "" for
+chapters left untitled) is inherited, so the two runtimes title the same chapters the same way.
 """
 
 from __future__ import annotations
@@ -77,20 +77,30 @@ def load_llama(gguf: Path, n_ctx: int, threads: int, extra_buffers: bool = False
 
 class GGUFTitler(LLMTitler):
     """`LLMTitler` with llama.cpp underneath. `model` stays None: the service's deadline wrapper patches a
-    PyTorch `generate`, which this titler has not; it checks `should_stop` between chapters instead."""
+    PyTorch `generate`, which this titler has not; it checks `should_stop` between batches instead.
+    `llm` (the high-level `Llama`) holds the weights and serves one-prompt callers; titles are written by
+    a `BatchDecoder` on the same weights, `batch_size` chapters per pass."""
 
     def __init__(self, gguf: Path, tokenizer: Path, llm: Mapping[str, Any], threads: int | None = None,
-                 max_new_tokens: int = MAX_TITLE_TOKENS, n_ctx: int = 1024) -> None:
+                 max_new_tokens: int = MAX_TITLE_TOKENS, n_ctx: int = 1024, batch_size: int = 8,
+                 cells_per_title: int = 320) -> None:
         import os
 
         from tokenizers import Tokenizer
 
-        super().__init__(None, Tokenizer.from_file(str(tokenizer)), max_new_tokens=max_new_tokens, batch_size=1)
+        from chaptering.edge.batch import BatchDecoder
+
+        super().__init__(None, Tokenizer.from_file(str(tokenizer)), max_new_tokens=max_new_tokens,
+                         batch_size=batch_size)
         self.template, self.specials = str(llm["chat_template"]), dict(llm.get("special_tokens", {}))
         self.stop_ids = {int(i) for i in llm["stop_ids"]}
         self.n_ctx = n_ctx
         threads = threads or os.cpu_count() or 1
         self.llm = load_llama(gguf, n_ctx=n_ctx, threads=threads)
+        # Cells for a batch of typical prompts (~200 tokens: the opening 600 characters and the
+        # template), and never fewer than one prompt of the single-prompt context.
+        self.decoder = BatchDecoder(self.llm, n_seq=batch_size,
+                                    n_ctx=max(n_ctx, batch_size * cells_per_title), threads=threads)
 
     def prompt_ids(self, text: str) -> list[int]:
         """Token ids of one chapter's title prompt, as the PyTorch titler builds them."""
@@ -98,19 +108,10 @@ class GGUFTitler(LLMTitler):
         return list(self.tok.encode(prompt, add_special_tokens=False).ids)
 
     def _batch(self, texts: Sequence[str]) -> list[str]:
-        return [self._one(x) for x in texts]
-
-    def _one(self, text: str) -> str:
-        ids = self.prompt_ids(text)
-        if len(ids) + self.max_new_tokens > self.n_ctx:
-            raise ValueError(f"title prompt of {len(ids)} tokens does not fit the {self.n_ctx}-token context")
-        out: list[int] = []
-        for token in self.llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0,
-                                       reset=True):
-            if token in self.stop_ids:
-                break
-            out.append(int(token))
-            if len(out) >= self.max_new_tokens:
-                break
-        answer = self.tok.decode(out, skip_special_tokens=True)
-        return clean_title(answer.strip().split("\n")[0])
+        prompts = [self.prompt_ids(x) for x in texts]
+        for ids in prompts:
+            if len(ids) + self.max_new_tokens > self.n_ctx:
+                raise ValueError(f"title prompt of {len(ids)} tokens does not fit the {self.n_ctx}-token context")
+        answers = self.decoder.generate(prompts, self.max_new_tokens, self.stop_ids)
+        return [clean_title(self.tok.decode(out, skip_special_tokens=True).strip().split("\n")[0])
+                for out in answers]
