@@ -11,6 +11,13 @@
     python bench/edge.py parity --torch models:/chaptering/1 --export /tmp/edge --quants q8_0 q4_k_m f16
     python bench/edge.py speed  --torch models:/chaptering/1 --export /tmp/edge --quants q8_0 q4_k_m f16
 
+  standin: a bundle to time when no version is registered (a fresh state folder): trees fitted on the
+          first N transcripts of each data/train file, and an untrained LoRA on the configured base, so
+          the titles are the base model's. Speed depends on the shapes, not the weights; its chapter
+          counts (and so its title work) are those of these trees, not of a registered version.
+
+    python bench/edge.py standin --out /tmp/standin && chaptering export /tmp/standin --out /tmp/edge
+
 The 10- and 60-minute transcripts are the first 10 and 60 minutes of the longest timed held-out talk.
 Both write markdown to bench/results/edge-*.md.
 """
@@ -235,6 +242,31 @@ def speed(args: argparse.Namespace) -> str:
     return "\n".join(out) + "\n"
 
 
+def standin(out: Path, per_file: int) -> str:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from chaptering import boundary
+    from chaptering.boundary_chapterer import write_bundle
+    from chaptering.config import get_settings
+    from chaptering.io import read_transcripts
+    from chaptering.models import resolve_base
+
+    settings = get_settings().prepare()
+    transcripts = [t for f in sorted((ROOT / "data" / "train").glob("*.jsonl"))
+                   for t in read_transcripts(f)[:per_file] if t.chapters]
+    trees = boundary.fit(transcripts, cache_dir=settings.cache_dir, progress=False)
+    base = resolve_base(settings.model.base, settings.cache_dir)
+    adapter = out.parent / f"{out.name}-adapter"
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
+        r=settings.model.lora_r, lora_alpha=settings.model.lora_alpha, target_modules=settings.model.target_modules,
+        task_type="CAUSAL_LM"))
+    model.save_pretrained(str(adapter), safe_serialization=True)
+    AutoTokenizer.from_pretrained(base).save_pretrained(str(adapter))
+    write_bundle(out, trees, adapter)
+    return f"stand-in bundle {out}: trees on {len(transcripts)} transcripts ({trees.decoder}), untrained LoRA\n"
+
+
 def _cpu() -> str:
     import os
 
@@ -260,6 +292,9 @@ def main() -> None:
                            help="title parity on the first N transcripts of each domain (the LM is the slow part)")
         else:
             p.add_argument("--repeats", type=int, default=3)
+    st = sub.add_parser("standin")
+    st.add_argument("--out", type=Path, required=True)
+    st.add_argument("--per-file", type=int, default=12, help="transcripts from each data/train file")
     c = sub.add_parser("_child")
     c.add_argument("spec")
     c.add_argument("transcripts")
@@ -268,6 +303,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.cmd == "_child":
         child(args)
+        return
+    if args.cmd == "standin":
+        print(standin(args.out, args.per_file))
         return
     text = parity(args) if args.cmd == "parity" else speed(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
