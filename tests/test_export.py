@@ -197,8 +197,11 @@ def test_batched_titles_are_greedy_continuations_of_each_prompt(exported: Path, 
     import torch
 
     from chaptering.edge import load_export
-    from chaptering.edge.batch import BatchDecoder
+    from chaptering.edge.batch import BatchDecoder, _common_prefix
 
+    # the shared prompt start is computed once; each prompt keeps at least one token of its own
+    assert _common_prefix([[1, 2, 3], [1, 2, 4]]) == 2 and _common_prefix([[1, 2], [1, 2, 3]]) == 1
+    assert _common_prefix([[5], [5, 6]]) == 0 and _common_prefix([[1, 2], [3, 2]]) == 0
     titler = load_export(exported, "f32", threads=1).titler
     texts = ["So, welcome back: today we fix the sink.", "Next, the budget for the second quarter.",
              "Right. " * 40 + "And that is how the pump works.", "Questions?", "Let us look at the results " * 3]
