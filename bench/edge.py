@@ -18,6 +18,12 @@
 
     python bench/edge.py standin --out /tmp/standin && chaptering export /tmp/standin --out /tmp/edge
 
+  titles: the title step alone on the exported GGUF: the chapters the export places on the 10- and
+          60-minute transcripts, titled one prompt at a time (llama-cpp-python's generate, as before the
+          batch decoder) and in batches of each --batch size; seconds, and whether the titles agree.
+
+    python bench/edge.py titles --export /tmp/edge --quant q8_0 --batch 1 8 16
+
 The 10- and 60-minute transcripts are the first 10 and 60 minutes of the longest timed held-out talk.
 Both write markdown to bench/results/edge-*.md.
 """
@@ -267,6 +273,52 @@ def standin(out: Path, per_file: int) -> str:
     return f"stand-in bundle {out}: trees on {len(transcripts)} transcripts ({trees.decoder}), untrained LoRA\n"
 
 
+def titles(args: argparse.Namespace) -> str:
+    from chaptering.edge import load_export
+    from chaptering.schema import Transcript
+    from chaptering.titles import chapter_text
+
+    path = _speed_transcripts(RESULTS / "edge" / "speed-transcripts.jsonl")
+    chapterer = load_export(args.export, args.quant, threads=args.threads)
+    titler = chapterer.titler
+    out = [f"# Edge titles: one at a time vs batched ({args.quant}, {_cpu()})", "",
+           "| transcript | chapters | prompt tokens | one at a time s | " +
+           " | ".join(f"batch {b} s" for b in args.batch) + " | titles equal to one-at-a-time |",
+           "|---|---|---|---|" + "---|" * len(args.batch) + "---|"]
+    for line in path.read_text().splitlines():
+        t = Transcript.model_validate_json(line)
+        starts = chapterer.predict(t).boundaries
+        texts = [chapter_text(t, a, b) for a, b in zip(starts, [*starts[1:], len(t.segments)])]
+        tokens = sum(len(titler.prompt_ids(x)) for x in texts)
+        t0 = time.perf_counter()
+        single = [_one_title(titler, x) for x in texts]
+        cells = [f"{time.perf_counter() - t0:.2f}"]
+        same = []
+        for b in args.batch:
+            titler.batch_size = b
+            t0 = time.perf_counter()
+            got = [y for i in range(0, len(texts), b) for y in titler._batch(texts[i:i + b])]
+            cells.append(f"{time.perf_counter() - t0:.2f}")
+            same.append(f"{sum(x == y for x, y in zip(single, got))}/{len(texts)}")
+        out.append(f"| {t.id} | {len(texts)} | {tokens} | " + " | ".join(cells) + " | " + ", ".join(same) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _one_title(titler: Any, text: str) -> str:
+    """One prompt through llama-cpp-python's own generate (prefix reuse between calls, one row per step)."""
+    from chaptering.prompt import clean_title
+
+    out: list[int] = []
+    for token in titler.llm.generate(titler.prompt_ids(text), temp=0.0, top_k=1, top_p=1.0, min_p=0.0,
+                                     repeat_penalty=1.0, reset=True):
+        if token in titler.stop_ids:
+            break
+        out.append(int(token))
+        if len(out) >= titler.max_new_tokens:
+            break
+    return clean_title(titler.tok.decode(out, skip_special_tokens=True).strip().split("\n")[0])
+
+
 def _cpu() -> str:
     import os
 
@@ -292,6 +344,12 @@ def main() -> None:
                            help="title parity on the first N transcripts of each domain (the LM is the slow part)")
         else:
             p.add_argument("--repeats", type=int, default=3)
+    ti = sub.add_parser("titles")
+    ti.add_argument("--export", required=True, type=Path)
+    ti.add_argument("--quant", default="q8_0")
+    ti.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16])
+    ti.add_argument("--threads", type=int)
+    ti.add_argument("--out", type=Path, default=RESULTS / "edge-titles.md")
     st = sub.add_parser("standin")
     st.add_argument("--out", type=Path, required=True)
     st.add_argument("--per-file", type=int, default=12, help="transcripts from each data/train file")
@@ -307,7 +365,7 @@ def main() -> None:
     if args.cmd == "standin":
         print(standin(args.out, args.per_file))
         return
-    text = parity(args) if args.cmd == "parity" else speed(args)
+    text = {"parity": parity, "speed": speed, "titles": titles}[args.cmd](args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
