@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -139,6 +139,16 @@ class ServeSettings(BaseModel):
     keep_alive_s: int = 5
     max_connections: int = 256  # open connections before uvicorn answers 503 (run_server)
     transcript_retention_days: float | None = 30.0  # stored /v1/chapters transcripts; None keeps them
+    # What the service answers from while no version is champion (a fresh install): `base`, the zero-shot
+    # LLM, or `baseline:NAME`; bench/quality.py's table says which of them scores better.
+    fallback: str = "base"
+
+    @field_validator("fallback")
+    @classmethod
+    def _known_fallback(cls, v: str) -> str:
+        if v != "base" and not v.startswith("baseline:"):
+            raise ValueError(f"serve.fallback={v!r}: expected base or baseline:NAME")
+        return v
 
 
 class ScaleSettings(BaseModel):

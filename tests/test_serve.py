@@ -353,6 +353,22 @@ def _wait_for_version(c: TestClient, version: str, timeout: float = 60) -> None:
     raise AssertionError(f"service did not switch to version {version}: {c.get('/v1/model').json()}")
 
 
+def test_with_no_champion_the_service_answers_from_the_configured_fallback(tmp_path: Path, tiny_dir: Path,
+                                                                          monkeypatch) -> None:
+    """serve.fallback names what a fresh install serves until the first promotion (a baseline that scores
+    better than the zero-shot base, say); a name that is neither base nor baseline:NAME is refused."""
+    monkeypatch.chdir(tmp_path)
+    s = make_settings(tmp_path, tiny_dir, fallback="baseline:equal")
+    registry.configure(s)
+    with TestClient(create_app(s)) as c:
+        m = c.get("/v1/model").json()
+        assert (m["source"], m["version"], m["model"]) == ("base", "baseline:equal", "baseline:equal")
+        r = c.post("/v1/chapters", json=make_transcript(n=12, chapters=(0, 6)).model_dump(mode="json"))
+        assert r.status_code == 200 and r.json()["model_version"] == "baseline:equal"
+    with pytest.raises(ValueError, match="serve.fallback"):
+        ServeSettings(fallback="champion")
+
+
 def test_hot_reload_follows_the_champion_alias(reg: Settings, adapter_dir: Path) -> None:
     with TestClient(create_app(reg)) as c:  # no champion yet: the base model
         assert c.get("/v1/model").json()["source"] == "base"

@@ -116,8 +116,9 @@ class ModelHolder:
         version = registry.champion_version(self.settings)
         self.registry_champion, self.last_check = version, _now()
         if version is None:
-            # No champion: the base model at start-up; a vanished alias later is not a reason to downgrade.
-            return None if live is not None else ("base", "base", "base")
+            # No champion: serve.fallback at start-up; a vanished alias later is not a reason to downgrade.
+            fallback = self.settings.serve.fallback
+            return None if live is not None else (fallback, fallback, "base")
         if live is not None and live.version == version:
             self.last_error = None  # the registry answers and names what we serve: nothing is wrong
             return None
