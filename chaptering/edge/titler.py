@@ -94,7 +94,6 @@ class GGUFTitler(LLMTitler):
                          batch_size=batch_size)
         self.template, self.specials = str(llm["chat_template"]), dict(llm.get("special_tokens", {}))
         self.stop_ids = {int(i) for i in llm["stop_ids"]}
-        self.n_ctx = n_ctx
         threads = threads or os.cpu_count() or 1
         self.llm = load_llama(gguf, n_ctx=n_ctx, threads=threads)
         # Cells for a batch of typical prompts (~200 tokens: the opening 600 characters and the
@@ -108,10 +107,6 @@ class GGUFTitler(LLMTitler):
         return list(self.tok.encode(prompt, add_special_tokens=False).ids)
 
     def _batch(self, texts: Sequence[str]) -> list[str]:
-        prompts = [self.prompt_ids(x) for x in texts]
-        for ids in prompts:
-            if len(ids) + self.max_new_tokens > self.n_ctx:
-                raise ValueError(f"title prompt of {len(ids)} tokens does not fit the {self.n_ctx}-token context")
-        answers = self.decoder.generate(prompts, self.max_new_tokens, self.stop_ids)
+        answers = self.decoder.generate([self.prompt_ids(x) for x in texts], self.max_new_tokens, self.stop_ids)
         return [clean_title(self.tok.decode(out, skip_special_tokens=True).strip().split("\n")[0])
                 for out in answers]
