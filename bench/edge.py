@@ -265,7 +265,7 @@ def standin(out: Path, per_file: int) -> str:
     base = resolve_base(settings.model.base, settings.cache_dir)
     adapter = out.parent / f"{out.name}-adapter"
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
-        r=settings.model.lora_r, lora_alpha=settings.model.lora_alpha, target_modules=settings.model.target_modules,
+        r=settings.train.lora_r, lora_alpha=settings.train.lora_alpha, target_modules=settings.train.target_modules,
         task_type="CAUSAL_LM"))
     model.save_pretrained(str(adapter), safe_serialization=True)
     AutoTokenizer.from_pretrained(base).save_pretrained(str(adapter))

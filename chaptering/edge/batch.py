@@ -45,6 +45,7 @@ class BatchDecoder:
         params.n_ctx = n_ctx
         params.n_batch = params.n_ubatch = min(n_batch, n_ctx)
         params.n_seq_max = n_seq
+        params.n_outputs_max = n_seq  # logits rows per ubatch: one per sequence (default n_batch: 100 MB)
         params.kv_unified = True  # one pool of cells for all sequences: prompts differ in length
         params.n_threads = params.n_threads_batch = threads
         params.no_perf = True

@@ -28,9 +28,6 @@ class OnnxEncoder:
         # Idle pool threads would otherwise spin for a while after each batch, on the cores llama.cpp
         # is about to decode the titles on.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # The arena would keep the largest batch's activations (attention maps of 64 x 128 tokens) for
-        # the life of the process: on a laptop that is memory the editor app wants back.
-        opts.enable_cpu_mem_arena = False
         self.session = ort.InferenceSession(str(folder / "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
 
     def encode(self, texts: Sequence[str]) -> Any:
