@@ -5,6 +5,10 @@ the base model with the seed's prompt and with ours, and the champion when one e
 held-out set, per domain (yardstick v2: the headline is the macro F1 over domains). Greedy decoding and
 seeded baselines: the same command gives the same numbers. Each model's report is kept under
 bench/results/quality/<model>/, the combined tables in table.md and summary.json, with seconds per model.
+
+`--workers N` scores N line-balanced ranges of the held-out set in N processes (shards.eval_ranges and
+predict_range, as the nightly's Dask fan-out does): on a GPU the LLM rows are bound by kernel launches of
+one window at a time, so processes sharing the card run nearly N times faster (`model.device` picks CUDA).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from chaptering.config import get_settings
+from chaptering.config import Settings, get_settings
 from chaptering.evaluate import (
     Report,
     evaluate,
@@ -27,6 +31,7 @@ from chaptering.evaluate import (
 )
 from chaptering.factory import load_chapterer
 from chaptering.heldout import load_heldout
+from chaptering.schema import Prediction, Transcript
 
 DEFAULT = ["baseline:random", "baseline:single", "baseline:equal", "baseline:equal-oracle", "baseline:texttiling",
            "baseline:embedding", "baseline:seed", "base"]
@@ -34,6 +39,29 @@ DEFAULT = ["baseline:random", "baseline:single", "baseline:equal", "baseline:equ
 
 def _row(report: Report, note: str = "") -> str:
     return markdown_table([report]).splitlines()[-1] + note
+
+
+def evaluate_parallel(spec: str, settings: Settings, transcripts: list[Transcript], data: Path,
+                      workers: int) -> tuple[Report, list[Prediction]]:
+    """`evaluate` over `workers` processes, each scoring one line-balanced range; the same rows, merged."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from chaptering.evaluate import report_from_rows
+    from chaptering.shards import eval_ranges, predict_range
+
+    settings = settings.model_copy(update={"data": settings.data.model_copy(update={"eval_path": data})})
+    scale = settings.scale.model_copy(update={"shards": workers, "min_eval_shard": 1})
+    ranges = eval_ranges(len(transcripts), scale, [len(t.segments) for t in transcripts])
+    with ProcessPoolExecutor(len(ranges), mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = list(pool.map(predict_range, [settings] * len(ranges), [spec] * len(ranges),
+                              [a for a, _ in ranges], [b for _, b in ranges]))
+    scored = [item for part in parts for item in part]
+    predictions = [Prediction.model_validate_json(item["prediction"]) for item in scored]
+    if [p.id for p in predictions] != [t.id for t in transcripts]:
+        raise RuntimeError(f"{spec}: the workers scored {len(predictions)} of {len(transcripts)} transcripts")
+    name = predictions[0].model if predictions else spec
+    return report_from_rows(name, str(data), fingerprint(transcripts), [item["row"] for item in scored]), predictions
 
 
 def main() -> None:
@@ -44,6 +72,7 @@ def main() -> None:
     ap.add_argument("--skip", action="append", default=[], help="leave these out of the default list")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "quality")
     ap.add_argument("--fresh", action="store_true", help="re-run fixed models even if a matching report is stored")
+    ap.add_argument("--workers", type=int, default=1, help="score line-balanced ranges in this many processes")
     args = ap.parse_args()
     settings = get_settings().prepare()
     data = args.data or settings.data.eval_path
@@ -69,7 +98,12 @@ def main() -> None:
                 reports.append(stored_champion)
                 print(_row(reports[-1], "  (registered report)"), flush=True)
                 continue
-        if spec == "base":  # the same cached report the nightly gate compares against
+        if args.workers > 1:
+            report, predictions = evaluate_parallel(spec, settings, transcripts, data, args.workers)
+            write_report(report, predictions, transcripts, out)
+            (out / "key.json").write_text(key)
+            reports.append(report)
+        elif spec == "base":  # the same cached report the nightly gate compares against
             from chaptering.pipeline import base_report
 
             reports.append(base_report(settings))

@@ -76,7 +76,8 @@ class BoundaryChapterer:
         )
 
 
-def load_bundle(folder: Path, name: str, base: str, cache_dir: Path, dtype: str = "float32") -> BoundaryChapterer:
+def load_bundle(folder: Path, name: str, base: str, cache_dir: Path, dtype: str = "float32",
+                device: str = "cpu") -> BoundaryChapterer:
     """A bundle folder (or a bare boundary-model folder: keyword titles) as a chapterer."""
     folder = Path(folder)
     if is_boundary_model(folder):
@@ -85,14 +86,14 @@ def load_bundle(folder: Path, name: str, base: str, cache_dir: Path, dtype: str 
     titler = None
     adapter = folder / ADAPTER_DIR
     if (adapter / "adapter_config.json").is_file():
-        titler = load_titler(adapter, base, cache_dir, dtype)
+        titler = load_titler(adapter, base, cache_dir, dtype, device)
     return BoundaryChapterer(boundary, titler, name, cache_dir)
 
 
-def load_titler(adapter: Path, base: str, cache_dir: Path, dtype: str = "float32") -> LLMTitler:
+def load_titler(adapter: Path, base: str, cache_dir: Path, dtype: str = "float32", device: str = "cpu") -> LLMTitler:
     from chaptering.models import load_adapted
 
-    return LLMTitler(*load_adapted(base, adapter, cache_dir, dtype))
+    return LLMTitler(*load_adapted(base, adapter, cache_dir, dtype, device))
 
 
 def write_bundle(out: Path, boundary: BoundaryModel, adapter: Path | None) -> Path:

@@ -32,7 +32,7 @@ def tag_scores(model: Any, tok: Any, rows: Iterable[dict[str, Any]]) -> list[tup
                                                      return_dict=True)["input_ids"])
             full = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=True, return_dict=True,
                                            return_tensors="pt")["input_ids"]
-            logits = model(input_ids=full).logits[0]
+            logits = model(input_ids=full.to(model.device)).logits[0]
             tags = [p for p in range(prompt_len, full.shape[1])
                     if int(full[0, p]) in (ids["start"], ids["same"])]
             for p in tags[1:]:  # line 0 always opens a chapter: not a decision

@@ -32,6 +32,9 @@ class ModelSettings(BaseModel):
     # trained (decoding.json beside it, see calibrate.py), else 0.5 (greedy).
     start_threshold: float | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # where the LLM runs at inference (evaluation, predict, serving); auto: CUDA when torch sees it. It
+    # does not change the numbers beyond rounding, so cached reports are keyed without it.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class DataSettings(BaseModel):

@@ -61,7 +61,8 @@ class _Feeder:
 
         if self.stop is not None and self.stop():
             raise _Stopped
-        out = self.model(input_ids=torch.tensor([tokens]), past_key_values=self.cache, use_cache=True)
+        out = self.model(input_ids=torch.tensor([tokens], device=self.model.device), past_key_values=self.cache,
+                         use_cache=True)
         self.cache = out.past_key_values
         return out.logits[0]
 

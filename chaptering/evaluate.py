@@ -106,8 +106,8 @@ def result_key(spec: str, transcripts: Sequence[Transcript], settings: Any) -> s
     are reused only under the same key."""
     from chaptering.prompt import PARSER_VERSION, PROMPT_VERSION
 
-    blob = json.dumps([spec, fingerprint(transcripts), settings.model.model_dump(), PROMPT_VERSION, PARSER_VERSION,
-                       settings.seed], sort_keys=True, default=str)
+    blob = json.dumps([spec, fingerprint(transcripts), settings.model.model_dump(exclude={"device"}), PROMPT_VERSION,
+                       PARSER_VERSION, settings.seed], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -29,7 +29,8 @@ def load_chapterer(spec: str, settings: Any) -> Any:
     if spec.startswith("baseline:"):
         name = spec.split(":", 1)[1]
         if name == "seed":
-            model, tok = load_model(resolve_base(settings.model.base, cache), dtype=settings.model.dtype)
+            model, tok = load_model(resolve_base(settings.model.base, cache), dtype=settings.model.dtype,
+                                 device=settings.model.device)
             seed_kwargs = {k: v for k, v in lines_kwargs().items() if k not in ("decoding", "start_threshold")}
             return LLMChapterer(model, tok, spec, style="seed", **seed_kwargs)
         from chaptering.baselines import make_baseline
@@ -37,7 +38,8 @@ def load_chapterer(spec: str, settings: Any) -> Any:
         return make_baseline(name, train_mean_chapters=train_mean_chapters(settings), seed=settings.seed,
                              cache_dir=settings.cache_dir)
     if spec == "base":
-        model, tok = load_model(resolve_base(settings.model.base, cache), dtype=settings.model.dtype)
+        model, tok = load_model(resolve_base(settings.model.base, cache), dtype=settings.model.dtype,
+                                 device=settings.model.device)
         return LLMChapterer(model, tok, f"base:{settings.model.base}", **lines_kwargs())
     if spec == "champion" or spec.startswith("models:/"):
         from chaptering.boundary_chapterer import is_bundle, load_bundle
@@ -45,23 +47,27 @@ def load_chapterer(spec: str, settings: Any) -> Any:
 
         adapter, base, name = fetch_model(spec, settings)
         if is_bundle(adapter):
-            return load_bundle(adapter, name, base, cache, settings.model.dtype)
-        model, tok = load_model(resolve_base(base, cache), adapter=adapter, dtype=settings.model.dtype)
+            return load_bundle(adapter, name, base, cache, settings.model.dtype, settings.model.device)
+        model, tok = load_model(resolve_base(base, cache), adapter=adapter, dtype=settings.model.dtype,
+                                 device=settings.model.device)
         return LLMChapterer(model, tok, name, **lines_kwargs(Path(adapter)))
     path = Path(spec)
     from chaptering.boundary import is_boundary_model
     from chaptering.boundary_chapterer import is_bundle, load_bundle
 
     if is_bundle(path) or is_boundary_model(path):
-        return load_bundle(path, str(path), settings.model.base, cache, settings.model.dtype)
+        return load_bundle(path, str(path), settings.model.base, cache, settings.model.dtype,
+                           settings.model.device)
     if (path / "adapter_config.json").is_file():
         base = read_adapter_base(path) or settings.model.base
         if not Path(base).exists():
             base = settings.model.base  # trained elsewhere: fall back to the configured base
-        model, tok = load_model(resolve_base(base, cache), adapter=path, dtype=settings.model.dtype)
+        model, tok = load_model(resolve_base(base, cache), adapter=path, dtype=settings.model.dtype,
+                                 device=settings.model.device)
         return LLMChapterer(model, tok, str(path), **lines_kwargs(path))
     if (path / "config.json").is_file():
-        model, tok = load_model(str(path), dtype=settings.model.dtype)
+        model, tok = load_model(str(path), dtype=settings.model.dtype,
+                                 device=settings.model.device)
         return LLMChapterer(model, tok, str(path), **lines_kwargs())
     raise ValueError(
         f"--model {spec!r}: expected base, champion, models:/NAME/VERSION, baseline:NAME, "

@@ -110,7 +110,7 @@ def _calibrate(settings: Settings, base: str, adapter: Path, build: BuildOutput)
     from chaptering.datasets import load_rows
     from chaptering.models import load_model
 
-    model, tok = load_model(base, adapter=adapter, dtype=settings.model.dtype)
+    model, tok = load_model(base, adapter=adapter, dtype=settings.model.dtype, device=settings.model.device)
     return calibrate(adapter, model, tok, load_rows(build.dir / "val"), seed=settings.seed)
 
 

@@ -82,8 +82,21 @@ def load_tokenizer(name_or_path: str) -> Any:
     return tok
 
 
-def load_model(name_or_path: str, adapter: str | Path | None = None, dtype: str = "float32") -> tuple[Any, Any]:
-    """Load (model, tokenizer) for inference; with `adapter`, the PEFT adapter is applied on top."""
+def inference_device(setting: str = "auto") -> str:
+    """`model.device` as torch names it: auto is CUDA when torch sees a GPU, else the CPU."""
+    import torch
+
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("model.device=cuda, but torch sees no CUDA device")
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+def load_model(name_or_path: str, adapter: str | Path | None = None, dtype: str = "float32",
+               device: str = "cpu") -> tuple[Any, Any]:
+    """Load (model, tokenizer) for inference; with `adapter`, the PEFT adapter is applied on top.
+    Callers put their inputs on `model.device`."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -95,14 +108,15 @@ def load_model(name_or_path: str, adapter: str | Path | None = None, dtype: str 
         model = PeftModel.from_pretrained(model, str(adapter))
         model = model.merge_and_unload()
     model.eval()
-    return model, tok
+    return model.to(inference_device(device)), tok
 
 
 
-def load_adapted(base: str, adapter: Path, cache_dir: Path, dtype: str = "float32") -> tuple[Any, Any]:
+def load_adapted(base: str, adapter: Path, cache_dir: Path, dtype: str = "float32",
+                 device: str = "cpu") -> tuple[Any, Any]:
     """A registered or bundled adapter on its base, with the tokenizer (chat template) it was trained with
     when it carries one: what a version loads, so prompts render exactly as in training."""
-    model, tok = load_model(resolve_base(base, cache_dir), adapter=adapter, dtype=dtype)
+    model, tok = load_model(resolve_base(base, cache_dir), adapter=adapter, dtype=dtype, device=device)
     if (Path(adapter) / "tokenizer_config.json").is_file():
         tok = load_tokenizer(str(adapter))
     return model, tok

@@ -180,8 +180,9 @@ def dataset_stage(settings: Settings, run_dir: Path, standalone: bool = False) -
     corpus = run_dir if standalone else _corpus(settings)
     sources = list(dict.fromkeys([corpus / "curated.jsonl", run_dir / "curated.jsonl"]))
     feedback = list(dict.fromkeys([corpus / "feedback.jsonl", run_dir / "feedback.jsonl"]))
-    knobs = json.dumps([settings.augment.model_dump(), settings.model.model_dump(), settings.data.val_fraction,
-                        settings.seed, PROMPT_VERSION, TITLE_PROMPT_VERSION], sort_keys=True, default=str)
+    knobs = json.dumps([settings.augment.model_dump(), settings.model.model_dump(exclude={"device"}),
+                        settings.data.val_fraction, settings.seed, PROMPT_VERSION, TITLE_PROMPT_VERSION],
+                       sort_keys=True, default=str)
     key = hashlib.sha256((_content_key(sources) + _content_key(feedback) + knobs).encode()).hexdigest()[:16]
     out = (run_dir if standalone else settings.state_dir) / "datasets" / key
     if (out / "build.json").is_file():

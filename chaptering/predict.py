@@ -64,7 +64,7 @@ class LLMChapterer:
     def _encode(self, msgs: list[dict[str, str]]) -> Any:
         return self.tok.apply_chat_template(
             msgs, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-        )
+        ).to(self.model.device)
 
     def generate(self, msgs: list[dict[str, str]], n_lines: int | None = None,
                  starts: set[int] | None = None) -> tuple[str, int]:

@@ -164,12 +164,12 @@ def _chaptering_model_class(python_model: type) -> type:
                 bundle = Path(context.artifacts["bundle"])
                 _check_bundle(bundle)
                 self.chapterer = load_bundle(bundle, name, cfg.get("base_model", "embedded"), cache_dir,
-                                             cfg.get("dtype", "float32"))
+                                             cfg.get("dtype", "float32"), cfg.get("device", "auto"))
                 return
             adapter = Path(context.artifacts["adapter"])
             _check_safetensors_only(adapter)
             model, tok = load_adapted(cfg.get("base_model", "embedded"), adapter, cache_dir,
-                                      cfg.get("dtype", "float32"))
+                                      cfg.get("dtype", "float32"), cfg.get("device", "auto"))
             self.chapterer = LLMChapterer(model, tok, name, **llm_options(cfg, adapter))
 
         def predict(self, context, model_input, params=None):

@@ -86,7 +86,7 @@ class LLMTitler:
         side = self.tok.padding_side
         self.tok.padding_side = "left"
         try:
-            enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
         finally:
             self.tok.padding_side = side
         with torch.inference_mode():

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from chaptering.cli import app
 from chaptering.factory import load_chapterer
-from chaptering.models import load_model
+from chaptering.models import inference_device, load_model
 from chaptering.predict import LLMChapterer
 
 
@@ -102,3 +102,13 @@ def test_one_settings_to_options_path_for_cli_and_registered_versions(tmp_path):
     (tmp_path / "decoding.json").write_text(json.dumps({"start_threshold": 0.37}))
     assert llm_options({}, tmp_path)["start_threshold"] == 0.37
     assert llm_options({"start_threshold": 0.2}, tmp_path)["start_threshold"] == 0.2
+
+
+def test_model_device_auto_is_the_cpu_without_cuda_and_cuda_is_refused() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert inference_device("auto") == "cpu" and inference_device("cpu") == "cpu"
+    with pytest.raises(RuntimeError, match="no CUDA"):
+        inference_device("cuda")
