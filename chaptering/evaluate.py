@@ -112,19 +112,47 @@ def result_key(spec: str, transcripts: Sequence[Transcript], settings: Any) -> s
 
 
 def evaluate(
-    chapterer: Chapterer, transcripts: Sequence[Transcript], data_name: str = "", progress: bool = True
+    chapterer: Chapterer, transcripts: Sequence[Transcript], data_name: str = "", progress: bool = True,
+    checkpoint: Path | None = None,
 ) -> tuple[Report, list[Prediction]]:
-    """Score a chapterer on labelled transcripts; returns the report and the predictions behind it."""
+    """Score a chapterer on labelled transcripts; returns the report and the predictions behind it.
+
+    With `checkpoint` (a folder owned by this model + eval set + settings, e.g. named by `result_key`),
+    each prediction is kept there as it is made and reused on the next call: an LLM row takes hours
+    on a CPU, and an interrupted run resumes instead of starting over."""
     unlabelled = [t.id for t in transcripts if not t.chapters]
     if unlabelled:
         raise ValueError(f"{data_name}: evaluation needs reference chapters; missing for {unlabelled[:5]}")
-    predictions = list(predict_all(chapterer, transcripts, progress=progress))
+    predictions = _predict_resumable(chapterer, transcripts, checkpoint, progress)
     rows = [
         {"id": t.id, "domain": domain_of(t), **score(t, p), "generated_tokens": p.meta.get("generated_tokens"),
          "latency_s": p.meta.get("latency_s")}
         for t, p in zip(transcripts, predictions)
     ]
     return report_from_rows(chapterer.name, data_name, fingerprint(transcripts), rows), predictions
+
+
+def _checkpoint_file(folder: Path, transcript_id: str) -> Path:
+    return folder / (hashlib.sha256(transcript_id.encode()).hexdigest()[:24] + ".json")
+
+
+def _predict_resumable(chapterer: Chapterer, transcripts: Sequence[Transcript], checkpoint: Path | None,
+                       progress: bool) -> list[Prediction]:
+    if checkpoint is None:
+        return list(predict_all(chapterer, transcripts, progress=progress))
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    done: dict[str, Prediction] = {}
+    for t in transcripts:
+        path = _checkpoint_file(checkpoint, t.id)
+        if path.is_file():
+            done[t.id] = Prediction.model_validate_json(path.read_text())
+    for p in predict_all(chapterer, [t for t in transcripts if t.id not in done], progress=progress):
+        path = _checkpoint_file(checkpoint, p.id)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(p.model_dump_json())
+        tmp.replace(path)  # whole files only: a run killed mid-write leaves no half prediction
+        done[p.id] = p
+    return [done[t.id] for t in transcripts]
 
 
 def report_from_rows(model: str, data_name: str, data_fingerprint: str, rows: list[dict[str, Any]]) -> Report:

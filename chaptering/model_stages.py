@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -127,9 +128,12 @@ def reference_report(spec: str, settings: Settings) -> Any:
     path = settings.cache_dir / "eval" / f"{spec.replace(':', '-').replace('/', '_')}-{key}.json"
     if path.is_file():
         return Report.from_json(path.read_text())
-    report, _ = evaluate(load_chapterer(spec, settings), transcripts, data_name=str(settings.data.eval_path))
+    partial = path.with_suffix(".partial")  # predictions so far: a killed run resumes here
+    report, _ = evaluate(load_chapterer(spec, settings), transcripts, data_name=str(settings.data.eval_path),
+                         checkpoint=partial)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(report.to_json())
+    shutil.rmtree(partial, ignore_errors=True)
     return report
 
 

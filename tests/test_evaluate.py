@@ -62,3 +62,35 @@ def test_table_output_puts_the_headline_first() -> None:
     lines = result.stdout.splitlines()
     assert lines[0].startswith("| model | headline (macro F1) | short (F1@5s)") and "meetings (F1@5 turns)" in lines[0]
     assert "**talks** (40 transcripts)" in result.stdout
+
+
+def test_an_interrupted_evaluation_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    from factories import make_transcript
+
+    from chaptering.baselines import make_baseline
+    from chaptering.evaluate import evaluate
+
+    transcripts = [make_transcript(30, (0, 10, 20), tid=f"t{i}") for i in range(4)]
+    inner = make_baseline("equal", train_mean_chapters=3.0, seed=0)
+    seen: list[str] = []
+
+    class Counting:
+        name = "counting"
+
+        def predict(self, t):
+            seen.append(t.id)
+            if len(seen) == 3 and stop:
+                raise KeyboardInterrupt  # killed after two transcripts were kept
+            return inner.predict(t)
+
+    stop = True
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(Counting(), transcripts, checkpoint=tmp_path / "partial", progress=False)
+    stop = False
+    seen.clear()
+    resumed, predictions = evaluate(Counting(), transcripts, checkpoint=tmp_path / "partial", progress=False)
+    assert seen == ["t2", "t3"]  # t0 and t1 came from the checkpoint
+    fresh, _ = evaluate(Counting(), transcripts, progress=False)
+    assert [p.id for p in predictions] == ["t0", "t1", "t2", "t3"]
+    assert resumed.aggregate == fresh.aggregate
+    assert not list((tmp_path / "partial").glob("*.tmp"))
