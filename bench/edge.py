@@ -274,10 +274,7 @@ def standin(out: Path, per_file: int) -> str:
 
 
 def titles(args: argparse.Namespace) -> str:
-    import os
-
     from chaptering.edge import load_export
-    from chaptering.edge.batch import BatchDecoder
     from chaptering.schema import Transcript
     from chaptering.titles import chapter_text
 
@@ -298,9 +295,7 @@ def titles(args: argparse.Namespace) -> str:
         cells = [f"{time.perf_counter() - t0:.2f}"]
         same = []
         for b in args.batch:
-            titler.decoder.close()
-            titler.batch_size, titler.decoder = b, BatchDecoder(titler.llm, n_seq=b, n_ctx=max(1024, b * 320),
-                                                                threads=args.threads or os.cpu_count() or 1)
+            titler.resize(b)
             t0 = time.perf_counter()
             got = [y for i in range(0, len(texts), b) for y in titler._batch(texts[i:i + b])]
             cells.append(f"{time.perf_counter() - t0:.2f}")

@@ -221,6 +221,10 @@ def test_batched_titles_are_greedy_continuations_of_each_prompt(exported: Path, 
             assert int(logits[-1].argmax()) in titler.stop_ids
     assert titler._batch(texts) == titler._batch(texts)  # the KV cache is cleared between calls
     decoder.close()
+    titler.resize(2)  # the sizing rule lives in the titler: cells for 2 typical prompts, at least n_ctx
+    assert (titler.batch_size, titler.decoder.n_seq) == (2, 2)
+    assert titler.decoder.n_ctx == max(titler.n_ctx, 2 * titler.cells_per_title)
+    assert len(titler._batch(texts)) == len(texts)
     with pytest.raises(ValueError, match="does not fit"):
         titler.decoder.generate([[1] * (titler.decoder.n_ctx + 1)], 8, titler.stop_ids)
 

@@ -88,18 +88,26 @@ class GGUFTitler(LLMTitler):
 
         from tokenizers import Tokenizer
 
-        from chaptering.edge.batch import BatchDecoder
-
         super().__init__(None, Tokenizer.from_file(str(tokenizer)), max_new_tokens=max_new_tokens,
                          batch_size=batch_size)
         self.template, self.specials = str(llm["chat_template"]), dict(llm.get("special_tokens", {}))
         self.stop_ids = {int(i) for i in llm["stop_ids"]}
-        threads = threads or os.cpu_count() or 1
-        self.llm = load_llama(gguf, n_ctx=n_ctx, threads=threads)
+        self.threads, self.n_ctx, self.cells_per_title = threads or os.cpu_count() or 1, n_ctx, cells_per_title
+        self.llm = load_llama(gguf, n_ctx=n_ctx, threads=self.threads)
+        self.decoder = self._decoder(batch_size)
+
+    def _decoder(self, batch_size: int) -> Any:
+        from chaptering.edge.batch import BatchDecoder
+
         # Cells for a batch of typical prompts (~200 tokens: the opening 600 characters and the
         # template), and never fewer than one prompt of the single-prompt context.
-        self.decoder = BatchDecoder(self.llm, n_seq=batch_size,
-                                    n_ctx=max(n_ctx, batch_size * cells_per_title), threads=threads)
+        return BatchDecoder(self.llm, n_seq=batch_size, n_ctx=max(self.n_ctx, batch_size * self.cells_per_title),
+                            threads=self.threads)
+
+    def resize(self, batch_size: int) -> None:
+        """Titles `batch_size` chapters per pass from now on (a new batch decoder on the same weights)."""
+        self.decoder.close()
+        self.batch_size, self.decoder = batch_size, self._decoder(batch_size)
 
     def prompt_ids(self, text: str) -> list[int]:
         """Token ids of one chapter's title prompt, as the PyTorch titler builds them."""
