@@ -12,7 +12,7 @@ LLAMA_CPP := llama-cpp-python==0.3.36
 # Added to the machine's own find-links (which may hold the torch wheel), for the edge install and tests.
 EDGE_LINKS = PIP_FIND_LINKS="$(strip $(PIP_FIND_LINKS) $(WHEELHOUSE))"
 
-.PHONY: setup setup-edge run test bench-quality bench-train bench-curate bench-serve clean
+.PHONY: setup setup-edge run test stack stack-down bench-quality bench-train bench-curate bench-serve clean
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,14 @@ run: setup
 test: setup setup-edge
 	$(VENV)/bin/ruff check .
 	$(EDGE_LINKS) $(PY) -m pytest -q
+
+# The local production stack (chaptering/stack.py): PostgreSQL databases, MLflow and Prefect servers,
+# the deployments, a worker on chaptering-pool and the service, on loopback; URLs printed at the end.
+stack: setup
+	$(VENV)/bin/chaptering stack up
+
+stack-down:
+	$(VENV)/bin/chaptering stack down
 
 bench-quality: setup
 	$(PY) bench/quality.py --model champion

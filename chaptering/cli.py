@@ -262,6 +262,49 @@ def serve(
     serving.run_server(settings, host=host, port=port, model_spec=model)
 
 
+stack_app = typer.Typer(no_args_is_help=True, help="The local production stack: PostgreSQL, MLflow, Prefect, "
+                        "a worker and the service on loopback (logs and pids under state/stack/).")
+app.add_typer(stack_app, name="stack")
+
+
+@stack_app.command("up")
+def stack_up(set: SetOpt = None) -> None:
+    """Start what is not running yet (PostgreSQL databases, MLflow server, Prefect server + deployments,
+    a worker on chaptering-pool, the service) and print where each answers."""
+    from chaptering import stack
+
+    settings = _settings(set)
+    try:
+        where = stack.up(settings, echo=typer.echo)
+    except (RuntimeError, FileNotFoundError) as e:
+        _fail(f"{e}\n(what did start is recorded; `chaptering stack down` stops it)")
+    typer.echo(f"\nMLflow UI      {where.mlflow}\nPrefect UI     {where.prefect}\n"
+               f"service        {where.serve}/v1/chapters\n"
+               f"in a shell:    source {stack.stack_dir(settings) / 'env.sh'}   (then chaptering models, "
+               "prefect deployment run ...)")
+
+
+@stack_app.command("down")
+def stack_down(set: SetOpt = None) -> None:
+    """Stop what `stack up` started, the service first; data (registry, feedback, runs) is kept."""
+    from chaptering import stack
+
+    stack.down(_settings(set), echo=typer.echo)
+
+
+@stack_app.command("status")
+def stack_status(set: SetOpt = None) -> None:
+    """Whether each part answers its health URL; exits 1 if one does not."""
+    from chaptering import stack
+
+    settings = _settings(set)
+    states = stack.status(settings)
+    for name, ok in states.items():
+        typer.echo(f"{name:8} {'up' if ok else 'DOWN'}  {stack.urls(settings).health(name)}")
+    if not all(states.values()):
+        raise typer.Exit(1)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

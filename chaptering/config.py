@@ -154,6 +154,22 @@ class ServeSettings(BaseModel):
         return v
 
 
+class StackSettings(BaseModel):
+    """`chaptering stack up`: PostgreSQL, an MLflow server, a Prefect server, a worker and the service on
+    one machine (stack.py). The service listens on serve.host / serve.port."""
+
+    host: str = "127.0.0.1"
+    # an admin URL (a user that may CREATE DATABASE); where nothing answers, the stack starts a cluster of
+    # its own (initdb) under state/stack/postgres on postgres_port and keeps it between ups
+    postgres_url: str = "postgresql+psycopg2://root@127.0.0.1:5432/postgres"
+    postgres_port: int = 5433
+    database_prefix: str = "chaptering"  # <prefix>_mlflow, <prefix>_prefect, <prefix>_feedback
+    mlflow_port: int = 5000
+    prefect_port: int = 4200
+    worker_health_port: int = 8081
+    ready_s: float = 240.0  # how long each server may take to answer its health URL (a busy 2-core box)
+
+
 class ScaleSettings(BaseModel):
     """Fan-out of curation and evaluation over Dask (flows/nightly.py, docs/scale.md)."""
 
@@ -186,6 +202,7 @@ class Settings(BaseSettings):
     gate: GateSettings = Field(default_factory=GateSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     scale: ScaleSettings = Field(default_factory=ScaleSettings)
+    stack: StackSettings = Field(default_factory=StackSettings)
 
     @classmethod
     def settings_customise_sources(
