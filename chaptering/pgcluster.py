@@ -48,7 +48,11 @@ class Cluster:
 
     root: Path
     port: int = field(default_factory=free_port)
-    user: str | None = None  # OS user the server runs as (None: this process's)
+    user: str | None = None  # OS user the server runs as (None: this process's; as root, postgres)
+
+    def __post_init__(self) -> None:
+        if self.user is None and os.geteuid() == 0:  # initdb and pg_ctl refuse to run as root
+            self.user = "postgres"
 
     @property
     def data(self) -> Path:
@@ -74,8 +78,7 @@ class Cluster:
         if not (initdb and pg_ctl):
             raise FileNotFoundError("initdb/pg_ctl not found (PATH, /usr/lib/postgresql/*/bin)")
         self.root.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:  # initdb refuses to run as root: the folder goes to the server's user
-            self.user = self.user or "postgres"
+        if self.user is not None:  # as root: the folder goes to the server's user
             entry = pwd.getpwnam(self.user)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
         if not (self.data / "PG_VERSION").is_file():  # a cluster kept from an earlier start is reused

@@ -4,6 +4,8 @@ second `up` starts nothing twice; `down` leaves no process behind."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -94,3 +96,30 @@ def test_stack_down_with_nothing_up_says_so(tmp_path: Path) -> None:
     said: list[str] = []
     stack.down(Settings(state_dir=tmp_path / "state"), echo=said.append)
     assert said == ["nothing to stop"]
+
+
+def test_without_a_server_the_stack_keeps_a_cluster_of_its_own() -> None:
+    from chaptering.pgcluster import Cluster, find_pg_bin
+
+    if not (find_pg_bin("initdb") and find_pg_bin("pg_ctl")):
+        pytest.skip("initdb/pg_ctl not installed")
+    port = free_port()
+    # not under pytest's tmp_path: that one is private to root, and as root the server runs as postgres
+    state = Path(tempfile.mkdtemp(prefix="chaptering-stack-"))
+    state.chmod(0o755)  # the server's user must reach state/stack/postgres, as under a checkout's state/
+    settings = Settings(state_dir=state, stack=StackSettings(
+        postgres_url=f"postgresql+psycopg2://root@127.0.0.1:{free_port()}/postgres", postgres_port=port))
+    root = stack.stack_dir(settings)
+    said: list[str] = []
+    try:
+        server = stack._postgres(settings, root, said.append)
+        assert server.cluster is not None and f":{port}/" in server.admin_url and "starting" in said[0]
+        server.create_database("chaptering_feedback")
+        assert stack._postgres(settings, root, said.append).has_database("chaptering_feedback")  # reused, running
+        assert len(said) == 1
+        server.cluster.stop(delete=False)  # what `stack down` does: stopped, kept
+        again = stack._postgres(settings, root, said.append)
+        assert again.has_database("chaptering_feedback")  # the same data after a restart
+    finally:
+        Cluster(root / "postgres", port=port).stop(delete=True)
+        shutil.rmtree(state, ignore_errors=True)
