@@ -106,7 +106,9 @@ def main() -> None:
         elif spec == "base":  # the same cached report the nightly gate compares against
             from chaptering.pipeline import base_report
 
-            reports.append(base_report(settings))
+            # hours on a CPU: predictions so far are kept beside the results (committed; named by the
+            # key, so a changed prompt or setting starts afresh), and the row resumes in any checkout
+            reports.append(base_report(settings, checkpoint=out / f"partial-{key}"))
             out.mkdir(parents=True, exist_ok=True)
             stored.write_text(reports[-1].to_json())
             (out / "key.json").write_text(key)

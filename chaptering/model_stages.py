@@ -115,9 +115,11 @@ def _calibrate(settings: Settings, base: str, adapter: Path, build: BuildOutput)
     return calibrate(adapter, model, tok, load_rows(build.dir / "val"), seed=settings.seed)
 
 
-def reference_report(spec: str, settings: Settings) -> Any:
+def reference_report(spec: str, settings: Settings, checkpoint: Path | None = None) -> Any:
     """A fixed model (a baseline, the zero-shot base, a registered version) on the held-out set, cached
-    per (model, eval set, prompt, decoding, and for baselines the chapter count they aim for)."""
+    per (model, eval set, prompt, decoding, and for baselines the chapter count they aim for). Its
+    predictions are kept as they are made (in `checkpoint`, by default beside the cache entry), so an
+    interrupted run resumes; the folder goes once the report is stored."""
     from chaptering.evaluate import Report, evaluate, result_key
     from chaptering.factory import load_chapterer, train_mean_chapters
     from chaptering.heldout import load_heldout
@@ -128,7 +130,7 @@ def reference_report(spec: str, settings: Settings) -> Any:
     path = settings.cache_dir / "eval" / f"{spec.replace(':', '-').replace('/', '_')}-{key}.json"
     if path.is_file():
         return Report.from_json(path.read_text())
-    partial = path.with_suffix(".partial")  # predictions so far: a killed run resumes here
+    partial = checkpoint or path.with_suffix(".partial")
     report, _ = evaluate(load_chapterer(spec, settings), transcripts, data_name=str(settings.data.eval_path),
                          checkpoint=partial)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,9 +139,9 @@ def reference_report(spec: str, settings: Settings) -> Any:
     return report
 
 
-def base_report(settings: Settings) -> Any:
+def base_report(settings: Settings, checkpoint: Path | None = None) -> Any:
     """The zero-shot base model on the held-out set (cached; what a user gets without training)."""
-    return reference_report("base", settings)
+    return reference_report("base", settings, checkpoint)
 
 
 def champion_on_heldout(settings: Settings) -> Any:

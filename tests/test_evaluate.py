@@ -94,3 +94,20 @@ def test_an_interrupted_evaluation_resumes_from_its_checkpoint(tmp_path: Path) -
     assert [p.id for p in predictions] == ["t0", "t1", "t2", "t3"]
     assert resumed.aggregate == fresh.aggregate
     assert not list((tmp_path / "partial").glob("*.tmp"))
+
+
+def test_a_reference_report_is_cached_and_its_checkpoint_removed(tmp_path: Path) -> None:
+    from factories import make_transcript
+
+    from chaptering.config import DataSettings, Settings
+    from chaptering.io import write_jsonl
+    from chaptering.model_stages import reference_report
+
+    held = tmp_path / "heldout.jsonl"
+    write_jsonl(held, [make_transcript(30, (0, 10, 20), tid=f"h{i}").model_dump(mode="json") for i in range(3)])
+    settings = Settings(state_dir=tmp_path / "state", data=DataSettings(eval_path=held)).prepare()
+    partial = tmp_path / "partial"
+    first = reference_report("baseline:equal", settings, checkpoint=partial)
+    assert first.headline["n"] == 3 and not partial.exists()  # stored, so the predictions are not kept
+    assert list((settings.cache_dir / "eval").glob("baseline-equal-*.json"))
+    assert reference_report("baseline:equal", settings).to_json() == first.to_json()  # from the cache
