@@ -77,17 +77,19 @@ class BoundaryChapterer:
 
 
 def load_bundle(folder: Path, name: str, base: str, cache_dir: Path, dtype: str = "float32",
-                device: str = "cpu") -> BoundaryChapterer:
-    """A bundle folder (or a bare boundary-model folder: keyword titles) as a chapterer."""
+                device: str = "cpu", embedding_cache: bool = True) -> BoundaryChapterer:
+    """A bundle folder (or a bare boundary-model folder: keyword titles) as a chapterer; line embeddings
+    are cached under `cache_dir` unless `embedding_cache` is off (the service: see factory)."""
     folder = Path(folder)
+    lines_cache = cache_dir if embedding_cache else None
     if is_boundary_model(folder):
-        return BoundaryChapterer(BoundaryModel.load(folder), None, name, cache_dir)
+        return BoundaryChapterer(BoundaryModel.load(folder), None, name, lines_cache)
     boundary = BoundaryModel.load(folder / BOUNDARY_DIR)
     titler = None
     adapter = folder / ADAPTER_DIR
     if (adapter / "adapter_config.json").is_file():
         titler = load_titler(adapter, base, cache_dir, dtype, device)
-    return BoundaryChapterer(boundary, titler, name, cache_dir)
+    return BoundaryChapterer(boundary, titler, name, lines_cache)
 
 
 def load_titler(adapter: Path, base: str, cache_dir: Path, dtype: str = "float32", device: str = "cpu") -> LLMTitler:

@@ -12,15 +12,19 @@ from typing import Any
 from chaptering.predict import LLMChapterer, llm_options
 
 
-def load_chapterer(spec: str, settings: Any) -> Any:
+def load_chapterer(spec: str, settings: Any, embedding_cache: bool = True) -> Any:
     """`--model` values: base | champion | models:/NAME/VER | PATH | baseline:NAME | export:DIR[@QUANT],
     where PATH is a chapterer bundle (boundary/ + adapter/), a boundary model, a PEFT adapter or a model
-    folder, and export:DIR a folder written by `chaptering export` (run without PyTorch)."""
+    folder, and export:DIR a folder written by `chaptering export` (run without PyTorch).
+
+    `embedding_cache=False` keeps no line embeddings on disk: the service reads users' transcripts, and a
+    cache keyed by their text would grow with every request and outlive serve.transcript_retention_days."""
     if spec.startswith("export:"):
         return load_exported(spec)
     from chaptering.models import load_model, read_adapter_base, resolve_base
 
     cache = settings.cache_dir
+    lines_cache = cache if embedding_cache else None
     model_cfg = settings.model.model_dump()
 
     def lines_kwargs(adapter: Path | None = None) -> dict[str, Any]:
@@ -36,7 +40,7 @@ def load_chapterer(spec: str, settings: Any) -> Any:
         from chaptering.baselines import make_baseline
 
         return make_baseline(name, train_mean_chapters=train_mean_chapters(settings), seed=settings.seed,
-                             cache_dir=settings.cache_dir)
+                             cache_dir=lines_cache)
     if spec == "base":
         model, tok = load_model(resolve_base(settings.model.base, cache), dtype=settings.model.dtype,
                                  device=settings.model.device)
@@ -47,7 +51,8 @@ def load_chapterer(spec: str, settings: Any) -> Any:
 
         adapter, base, name = fetch_model(spec, settings)
         if is_bundle(adapter):
-            return load_bundle(adapter, name, base, cache, settings.model.dtype, settings.model.device)
+            return load_bundle(adapter, name, base, cache, settings.model.dtype, settings.model.device,
+                               embedding_cache)
         model, tok = load_model(resolve_base(base, cache), adapter=adapter, dtype=settings.model.dtype,
                                  device=settings.model.device)
         return LLMChapterer(model, tok, name, **lines_kwargs(Path(adapter)))
@@ -57,7 +62,7 @@ def load_chapterer(spec: str, settings: Any) -> Any:
 
     if is_bundle(path) or is_boundary_model(path):
         return load_bundle(path, str(path), settings.model.base, cache, settings.model.dtype,
-                           settings.model.device)
+                           settings.model.device, embedding_cache)
     if (path / "adapter_config.json").is_file():
         base = read_adapter_base(path) or settings.model.base
         if not Path(base).exists():

@@ -646,3 +646,23 @@ def test_body_that_never_finishes_gets_408() -> None:
     start = sent[0]
     assert start["status"] == 408 and (b"connection", b"close") in start["headers"]
     assert b"serve.request_read_timeout_s" in sent[1]["body"]
+
+
+@pytest.mark.embedding
+def test_the_default_fallback_is_embedding_valleys_and_keeps_no_embeddings_on_disk(tmp_path: Path, tiny_dir: Path,
+                                                                                    monkeypatch) -> None:
+    """A fresh install serves embedding valleys (the zero-shot base scores below them on every held-out
+    short video measured), and the service caches no line embeddings of users' transcripts on disk."""
+    monkeypatch.chdir(tmp_path)
+    s = make_settings(tmp_path, tiny_dir)
+    assert s.serve.fallback == "baseline:embedding"
+    registry.configure(s)
+    with TestClient(create_app(s)) as c:
+        assert c.get("/v1/model").json()["version"] == "baseline:embedding"
+        r = c.post("/v1/chapters", json=make_transcript(n=40, chapters=(0, 20)).model_dump(mode="json"))
+        assert r.status_code == 200 and r.json()["chapters"][0]["start_segment"] == 0
+    assert not list(s.cache_dir.rglob("*.npy"))
+    from chaptering.factory import load_chapterer
+
+    assert load_chapterer("baseline:embedding", s, embedding_cache=False).cache_dir is None
+    assert load_chapterer("baseline:embedding", s).cache_dir == s.cache_dir  # evaluation and training keep it

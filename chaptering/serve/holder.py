@@ -187,4 +187,4 @@ def _default_loader(spec: str, settings: Settings) -> Any:
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
         if pickles:
             raise ValueError(f"{path}: refusing pickled weight files {pickles}: serve safetensors only")
-    return load_chapterer(spec, settings)
+    return load_chapterer(spec, settings, embedding_cache=False)

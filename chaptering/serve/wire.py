@@ -82,7 +82,7 @@ class FeedbackOut(BaseModel):
 class ModelOut(BaseModel):
     version: str
     model: str
-    source: str = Field(description="registry | base (no champion yet: serve.fallback, the zero-shot base model unless configured) | fixed (--model given)")
+    source: str = Field(description="registry | base (no champion yet: serve.fallback, embedding valleys unless configured) | fixed (--model given)")
     loaded_at: str
     metrics: dict[str, float] = Field(default_factory=dict)
     details: dict[str, Any] = Field(default_factory=dict)
