@@ -9,7 +9,8 @@
           10-minute transcript), latency on 10- and 60-minute transcripts, peak RSS (VmHWM).
 
     python bench/edge.py parity --torch models:/chaptering/1 --export /tmp/edge --quants q8_0 q4_k_m f16
-    python bench/edge.py speed  --torch models:/chaptering/1 --export /tmp/edge --quants q8_0 q4_k_m f16
+    python bench/edge.py speed  --torch models:/chaptering/1 --export /tmp/edge --quants q8_0 q4_k_m f16 \
+        --edge-python /tmp/edge-venv/bin/python   # a venv with `pip install --no-deps -e .` + the edge extra
 
   standin: a bundle to time when no version is registered (a fresh state folder): trees fitted on the
           first N transcripts of each data/train file, and an untrained LoRA on the configured base, so
@@ -186,14 +187,21 @@ def _peak_rss_mb() -> float:
 
 
 def child(args: argparse.Namespace) -> None:
-    """One runtime in this (fresh) process: prints one JSON line of timings."""
-    from chaptering.config import get_settings
-    from chaptering.factory import load_chapterer
+    """One runtime in this (fresh) process: prints one JSON line of timings. An export loads as a device
+    loads it (chaptering.edge alone: no settings, no factory), so it also runs under --edge-python."""
     from chaptering.schema import Transcript
 
     ten, sixty = [Transcript.model_validate_json(line) for line in Path(args.transcripts).read_text().splitlines()]
     t0 = time.perf_counter()
-    chapterer = load_chapterer(args.spec, get_settings().prepare())
+    if args.spec.startswith("export:"):
+        from chaptering.edge import load_export, parse_spec
+
+        chapterer = load_export(*parse_spec(args.spec))
+    else:
+        from chaptering.config import get_settings
+        from chaptering.factory import load_chapterer
+
+        chapterer = load_chapterer(args.spec, get_settings().prepare())
     if getattr(chapterer, "cache_dir", None) is not None:
         # The export embeds every line every time; a PyTorch run reading the embedding cache would time
         # only its trees and titles (a transcript it had seen before costs no MiniLM pass).
@@ -224,7 +232,8 @@ def speed(args: argparse.Namespace) -> str:
     specs = [("PyTorch", args.torch)] + [(f"export {q}", f"export:{args.export}@{q}") for q in args.quants]
     rows = []
     for label, spec in specs:
-        done = subprocess.run([sys.executable, __file__, "_child", spec, str(transcripts), "--repeats",
+        python = str(args.edge_python) if args.edge_python and spec.startswith("export:") else sys.executable
+        done = subprocess.run([python, __file__, "_child", spec, str(transcripts), "--repeats",
                                str(args.repeats), "--spawned", repr(time.time())], capture_output=True, text=True,
                               check=False, cwd=ROOT)
         if done.returncode != 0:
@@ -344,6 +353,10 @@ def main() -> None:
                            help="title parity on the first N transcripts of each domain (the LM is the slow part)")
         else:
             p.add_argument("--repeats", type=int, default=3)
+            p.add_argument("--edge-python", type=Path,
+                           help="run the export in this interpreter: a venv with only `pip install --no-deps -e .` "
+                                "and the edge extra, as on a device (the dev venv's pandas, scikit-learn and "
+                                "dask make `import lightgbm` ~130 MB heavier)")
     ti = sub.add_parser("titles")
     ti.add_argument("--export", required=True, type=Path)
     ti.add_argument("--quant", default="q8_0")

@@ -12,7 +12,9 @@ from typing import Any
 class OnnxEncoder:
     """texts -> (n, dim) unit vectors; callable, so it plugs into cues.transcript_features(encode=...)."""
 
-    def __init__(self, folder: Path, threads: int | None = None, batch_size: int = 64) -> None:
+    # 8 lines a batch: onnxruntime's arena grows with the largest batch (+114 MB at 64 lines, +23 MB at 8 on
+    # a 422-line talk) and the vectors are the same; on 2 cores it is no slower (docs/edge.md).
+    def __init__(self, folder: Path, threads: int | None = None, batch_size: int = 8) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 

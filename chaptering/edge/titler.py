@@ -82,7 +82,7 @@ class GGUFTitler(LLMTitler):
     a `BatchDecoder` on the same weights, `batch_size` chapters per pass."""
 
     def __init__(self, gguf: Path, tokenizer: Path, llm: Mapping[str, Any], threads: int | None = None,
-                 max_new_tokens: int = MAX_TITLE_TOKENS, n_ctx: int = 1024, batch_size: int = 8,
+                 max_new_tokens: int = MAX_TITLE_TOKENS, n_ctx: int = 512, batch_size: int = 8,
                  cells_per_title: int = 320) -> None:
         import os
 
