@@ -100,6 +100,9 @@ def up(settings: Settings, echo: Callable[[str], None] = print) -> Urls:
     (root / "logs").mkdir(parents=True, exist_ok=True)
     pids = _pids(root)
     pg = _postgres(settings, root, echo)
+    if pg.cluster is not None:  # recorded now: `down` stops it (pg_ctl) even if a later part fails
+        pids["postgres_cluster"] = 0
+        _save_pids(root, pids)
     dbs = {part: pg.create_database(f"{st.database_prefix}_{part}", exist_ok=True)
            for part in ("mlflow", "prefect", "feedback")}
     child = settings.model_copy(update={"mlflow_tracking_uri": where.mlflow, "feedback_url": dbs["feedback"]})
@@ -133,9 +136,6 @@ def up(settings: Settings, echo: Callable[[str], None] = print) -> Urls:
         pids[name] = proc.pid
         _save_pids(root, pids)
         echo(f"{name}: up (pid {proc.pid}, log {root / 'logs' / f'{name}.log'})")
-    if pg.cluster is not None:
-        pids["postgres_cluster"] = 0  # marks a cluster `down` stops (pg_ctl, not a pid of ours)
-        _save_pids(root, pids)
     (root / "env.sh").write_text(
         f"export CHAPTERING_CONFIG_FILE={config}\nexport PREFECT_API_URL={where.prefect}/api\n")
     return where
