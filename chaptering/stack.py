@@ -67,6 +67,15 @@ def _save_pids(root: Path, pids: dict[str, int]) -> None:
     tmp.replace(root / "pids.json")
 
 
+def _start_time(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot), or None if it is gone: a pid written to
+    pids.json is only signalled while it still names the process `up` started."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def _answers(url: str) -> bool:
     try:
         return httpx.get(url, timeout=3).status_code == 200
@@ -134,6 +143,9 @@ def up(settings: Settings, echo: Callable[[str], None] = print) -> Urls:
         proc = start_server(commands[name], health, root / "logs" / f"{name}.log", env=env, cwd=PROJECT_ROOT,
                             name=name, ready_s=st.ready_s)
         pids[name] = proc.pid
+        started = _start_time(proc.pid)
+        if started is not None:
+            pids[f"{name}_started"] = int(started)
         _save_pids(root, pids)
         echo(f"{name}: up (pid {proc.pid}, log {root / 'logs' / f'{name}.log'})")
     (root / "env.sh").write_text(
@@ -159,9 +171,14 @@ def down(settings: Settings, echo: Callable[[str], None] = print) -> None:
         return
     for name in reversed(ORDER):
         if name in pids:
-            stop_group(pids.pop(name))
+            pid, started = pids.pop(name), pids.pop(f"{name}_started", None)
+            now = _start_time(pid)
+            if now is not None and started is not None and int(now) != started:
+                echo(f"{name}: pid {pid} is another process now (the stack's one is gone); left alone")
+            else:  # still ours, or the leader exited and its group (if any) is ours
+                stop_group(pid)
+                echo(f"{name}: stopped")
             _save_pids(root, pids)
-            echo(f"{name}: stopped")
     if pids.pop("postgres_cluster", None) is not None:
         Cluster(root / "postgres", port=settings.stack.postgres_port).stop(delete=False)
         echo("postgres: the stack's cluster stopped (kept)")

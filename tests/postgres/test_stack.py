@@ -77,7 +77,7 @@ def test_stack_up_serves_everything_on_postgres_and_down_stops_it(stack_settings
 
     pids = stack._pids(stack.stack_dir(stack_settings))
     stack.down(stack_settings, echo=said.append)
-    assert not any(group_alive(pid) for pid in pids.values())
+    assert not any(group_alive(pids[name]) for name in stack.ORDER)
     assert stack.status(stack_settings) == {"mlflow": False, "prefect": False, "worker": False, "serve": False}
     monkeypatch.setenv("CHAPTERING_STATE_DIR", str(stack_settings.state_dir))
     for key, port in (("SERVE__PORT", stack_settings.serve.port), ("STACK__MLFLOW_PORT", stack_settings.stack.mlflow_port),
@@ -123,3 +123,24 @@ def test_without_a_server_the_stack_keeps_a_cluster_of_its_own() -> None:
     finally:
         Cluster(root / "postgres", port=port).stop(delete=True)
         shutil.rmtree(state, ignore_errors=True)
+
+
+def test_stack_down_leaves_a_reused_pid_alone(tmp_path: Path) -> None:
+    """pids.json outlived its processes and the pid now names another one: down must not signal it."""
+    import json
+    import os
+    import subprocess
+
+    sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        settings = Settings(state_dir=tmp_path / "state")
+        root = stack.stack_dir(settings)
+        root.mkdir(parents=True)
+        (root / "pids.json").write_text(json.dumps({"serve": sleeper.pid, "serve_started": 1}))
+        said: list[str] = []
+        stack.down(settings, echo=said.append)
+        assert "left alone" in said[0] and sleeper.poll() is None
+        assert json.loads((root / "pids.json").read_text()) == {}
+    finally:
+        os.killpg(sleeper.pid, 9)
+        sleeper.wait()
