@@ -47,8 +47,7 @@ def evaluate_parallel(spec: str, settings: Settings, transcripts: list[Transcrip
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from chaptering.evaluate import report_from_rows
-    from chaptering.shards import eval_ranges, predict_range
+    from chaptering.shards import eval_ranges, predict_range, report_from_parts
 
     settings = settings.model_copy(update={"data": settings.data.model_copy(update={"eval_path": data})})
     scale = settings.scale.model_copy(update={"shards": workers, "min_eval_shard": 1})
@@ -56,12 +55,8 @@ def evaluate_parallel(spec: str, settings: Settings, transcripts: list[Transcrip
     with ProcessPoolExecutor(len(ranges), mp_context=multiprocessing.get_context("spawn")) as pool:
         parts = list(pool.map(predict_range, [settings] * len(ranges), [spec] * len(ranges),
                               [a for a, _ in ranges], [b for _, b in ranges]))
-    scored = [item for part in parts for item in part]
-    predictions = [Prediction.model_validate_json(item["prediction"]) for item in scored]
-    if [p.id for p in predictions] != [t.id for t in transcripts]:
-        raise RuntimeError(f"{spec}: the workers scored {len(predictions)} of {len(transcripts)} transcripts")
-    name = predictions[0].model if predictions else spec
-    return report_from_rows(name, str(data), fingerprint(transcripts), [item["row"] for item in scored]), predictions
+    name = next((json.loads(item["prediction"])["model"] for part in parts for item in part), spec)
+    return report_from_parts(name, str(data), transcripts, parts)
 
 
 def main() -> None:

@@ -234,25 +234,33 @@ def predict_range(settings: Settings, spec: str, start: int, end: int) -> list[d
     return [{"row": row, "prediction": p.model_dump_json()} for row, p in zip(report.rows, predictions)]
 
 
+def report_from_parts(name: str, data_name: str, transcripts: list[Transcript],
+                      parts: list[list[dict[str, Any]]]) -> tuple[Any, list[Any]]:
+    """The report and predictions of ranges scored by `predict_range`, in order, as `evaluate` gives
+    them in one process; the predictions are renamed `name`."""
+    from chaptering.evaluate import fingerprint, report_from_rows
+    from chaptering.schema import Prediction
+
+    scored = [item for part in parts for item in part]
+    if [json.loads(item["prediction"])["id"] for item in scored] != [t.id for t in transcripts]:
+        raise ValueError(f"evaluation shards scored {len(scored)} of {len(transcripts)} held-out transcripts")
+    predictions = [Prediction.model_validate_json(item["prediction"]).model_copy(update={"model": name})
+                   for item in scored]
+    return report_from_rows(name, data_name, fingerprint(transcripts), [item["row"] for item in scored]), predictions
+
+
 def merge_eval(settings: Settings, outcome: TrainOutcome, run_dir: Path,
                parts: list[list[dict[str, Any]]]) -> EvalOutcome:
     """The challenger's report from its scored ranges, beside the champion or the references, as
     `model_stages.evaluate_stage` builds it in one process."""
-    from chaptering.evaluate import fingerprint, report_from_rows, write_report
+    from chaptering.evaluate import write_report
     from chaptering.heldout import load_heldout
     from chaptering.model_stages import champion_on_heldout, reference_report
     from chaptering.run_types import EvalOutcome
-    from chaptering.schema import Prediction
 
     transcripts = load_heldout(settings.data.eval_path)
-    scored = [item for part in parts for item in part]
-    if len(scored) != len(transcripts):
-        raise ValueError(f"evaluation shards scored {len(scored)} of {len(transcripts)} held-out transcripts")
-    name = f"challenger:{run_dir.name}"
-    predictions = [Prediction.model_validate_json(item["prediction"]).model_copy(update={"model": name})
-                   for item in scored]
-    report = report_from_rows(name, str(settings.data.eval_path), fingerprint(transcripts),
-                              [item["row"] for item in scored])
+    report, predictions = report_from_parts(f"challenger:{run_dir.name}", str(settings.data.eval_path),
+                                            transcripts, parts)
     paths = write_report(report, predictions, transcripts, run_dir / "eval")
     champion = champion_on_heldout(settings)
     specs = [f"baseline:{b}" for b in settings.gate.baselines] + (["base"] if settings.gate.compare_base else [])
