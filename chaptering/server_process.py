@@ -53,17 +53,22 @@ def group_alive(pid: int) -> bool:
     return False
 
 
+def answers(url: str, timeout: float = 3) -> bool:
+    """Whether `url` answers 200 right now."""
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def wait_healthy(proc: subprocess.Popen | None, health_url: str, log_path: Path, name: str, ready_s: float) -> None:
     """Until `health_url` answers 200; fails with the log's tail if `proc` exits or time runs out."""
     deadline = time.monotonic() + ready_s
     while True:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(health_url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+        if answers(health_url, timeout=2):
+            return
         if time.monotonic() > deadline:
             raise RuntimeError(f"{name} not ready in {ready_s:g} s: {log_path.read_text()[-2000:]}")
         time.sleep(0.25)

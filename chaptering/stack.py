@@ -20,12 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import yaml
 
 from chaptering.config import PROJECT_ROOT, Settings
 from chaptering.pgcluster import Cluster, PgServer, unreachable
-from chaptering.server_process import group_alive, start_server, stop_group
+from chaptering.server_process import answers, group_alive, start_server, stop_group
 
 POOL = "chaptering-pool"
 BIN = Path(sys.executable).parent
@@ -74,13 +73,6 @@ def _start_time(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return None
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=3).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _postgres(settings: Settings, root: Path, echo: Callable[[str], None]) -> PgServer:
@@ -137,7 +129,7 @@ def up(settings: Settings, echo: Callable[[str], None] = print) -> Urls:
             _prefect(env, "work-pool", "create", POOL, "--type", "process", "--overwrite")
             _prefect(env, "--no-prompt", "deploy", "--all")
         health = where.health(name)
-        if name in pids and group_alive(pids[name]) and _answers(health):
+        if name in pids and group_alive(pids[name]) and answers(health):
             echo(f"{name}: already running (pid {pids[name]})")
             continue
         proc = start_server(commands[name], health, root / "logs" / f"{name}.log", env=env, cwd=PROJECT_ROOT,
@@ -188,4 +180,4 @@ def down(settings: Settings, echo: Callable[[str], None] = print) -> None:
 def status(settings: Settings) -> dict[str, bool]:
     """Whether each part answers its health URL now."""
     where = urls(settings)
-    return {name: _answers(where.health(name)) for name in ORDER}
+    return {name: answers(where.health(name)) for name in ORDER}
