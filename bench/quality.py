@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -41,20 +42,34 @@ def _row(report: Report, note: str = "") -> str:
     return markdown_table([report]).splitlines()[-1] + note
 
 
-def evaluate_parallel(spec: str, settings: Settings, transcripts: list[Transcript], data: Path,
-                      workers: int) -> tuple[Report, list[Prediction]]:
-    """`evaluate` over `workers` processes, each scoring one line-balanced range; the same rows, merged."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+def _set_threads(n: int) -> None:
+    """Pool initializer: N processes on the cores, not N x cores threads spinning against each other."""
+    import torch
 
+    torch.set_num_threads(n)
+
+
+def evaluate_parallel(spec: str, settings: Settings, transcripts: list[Transcript], data: Path,
+                      workers: int, checkpoint: Path | None = None) -> tuple[Report, list[Prediction]]:
+    """`evaluate` over `workers` processes, each scoring one line-balanced range; the same rows, merged.
+    With `checkpoint` the ranges share it and are balanced on the lines still to score."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from chaptering.evaluate import checkpointed
     from chaptering.shards import eval_ranges, predict_range, report_from_parts
 
     settings = settings.model_copy(update={"data": settings.data.model_copy(update={"eval_path": data})})
     scale = settings.scale.model_copy(update={"shards": workers, "min_eval_shard": 1})
-    ranges = eval_ranges(len(transcripts), scale, [len(t.segments) for t in transcripts])
-    with ProcessPoolExecutor(len(ranges), mp_context=multiprocessing.get_context("spawn")) as pool:
-        parts = list(pool.map(predict_range, [settings] * len(ranges), [spec] * len(ranges),
-                              [a for a, _ in ranges], [b for _, b in ranges]))
+    left = [0 if checkpoint is not None and checkpointed(checkpoint, t.id) else len(t.segments) for t in transcripts]
+    ranges = eval_ranges(len(transcripts), scale, left)
+    threads = max(1, (os.cpu_count() or 1) // len(ranges))
+    with ProcessPoolExecutor(len(ranges), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_set_threads, initargs=(threads,)) as pool:
+        futures = [pool.submit(predict_range, settings, spec, a, b, checkpoint) for a, b in ranges]
+        for done in as_completed(futures):  # a failed range stops the run now, not after the others
+            done.result()
+        parts = [f.result() for f in futures]
     name = next((json.loads(item["prediction"])["model"] for part in parts for item in part), spec)
     return report_from_parts(name, str(data), transcripts, parts)
 
@@ -93,7 +108,9 @@ def main() -> None:
                 reports.append(stored_champion)
                 print(_row(reports[-1], "  (registered report)"), flush=True)
                 continue
-        if args.workers > 1:
+        if spec == "base" and args.workers > 1:  # fill the shared checkpoint in parallel, then as below
+            evaluate_parallel(spec, settings, transcripts, data, args.workers, checkpoint=out / f"partial-{key}")
+        if args.workers > 1 and spec != "base":
             report, predictions = evaluate_parallel(spec, settings, transcripts, data, args.workers)
             write_report(report, predictions, transcripts, out)
             (out / "key.json").write_text(key)

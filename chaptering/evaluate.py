@@ -136,6 +136,12 @@ def _checkpoint_file(folder: Path, transcript_id: str) -> Path:
     return folder / (hashlib.sha256(transcript_id.encode()).hexdigest()[:24] + ".json")
 
 
+def checkpointed(folder: Path, transcript_id: str) -> bool:
+    """Whether `evaluate(checkpoint=folder)` already holds this transcript's prediction (so work left
+    can be split by what is left, not by what the set holds)."""
+    return _checkpoint_file(folder, transcript_id).is_file()
+
+
 def _predict_resumable(chapterer: Chapterer, transcripts: Sequence[Transcript], checkpoint: Path | None,
                        progress: bool) -> list[Prediction]:
     if checkpoint is None:

@@ -56,6 +56,10 @@ class LLMChapterer:
             raise ValueError(f"context of {self.context_tokens} tokens leaves no room for transcript lines")
         self.max_line_tokens = max(16, self.line_budget // 4)
 
+    def _stopped(self) -> bool:
+        """Serving's deadline has passed: walk no further windows (the answer is dropped anyway)."""
+        return self.should_stop is not None and self.should_stop()
+
     def _messages_for(self, lines: list[str]) -> list[dict[str, str]]:
         if self.style == "seed":
             return [{"role": "user", "content": prompt.SEED_INSTRUCTION + "\n".join(lines)}]
@@ -140,7 +144,7 @@ class LLMChapterer:
         repairs: list[str] = []
         tokens = windows = 0
         start, continues = 0, False
-        while start < len(t.segments):
+        while start < len(t.segments) and not self._stopped():
             end = prompt.fit_window(counts, start, self.line_budget)
             result, n = self._window(t, start, end)
             tokens, windows = tokens + n, windows + 1
@@ -191,6 +195,8 @@ class LLMChapterer:
             start = end - 1 if end - start > 1 else end
         scores = [0.0] * len(t.segments)
         for start, end in windows:
+            if self._stopped():
+                break
             enc = self._encode(prompt.messages(prompt.window_lines(t, start, end)))
             got = constrain.start_scores(self.model, self.tok, enc["input_ids"], end - start, stop=self.should_stop)
             scores[start + 1:end] = got
@@ -200,7 +206,7 @@ class LLMChapterer:
         tokens = 0
         for start, end in windows:
             inside = {s - start for s in starts if start < s < end or s == start == 0}
-            if not inside:
+            if not inside or self._stopped():
                 continue
             text, n = self.generate(prompt.messages(prompt.window_lines(t, start, end)), end - start, inside)
             tokens += n

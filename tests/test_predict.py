@@ -44,6 +44,17 @@ def test_windows_cover_every_segment_of_a_long_transcript(tiny):
     assert all(c.start == t.segments[c.start_segment].start for c in p.chapters)
 
 
+def test_no_window_is_walked_after_the_deadline(tiny):
+    """Serving drops a late answer anyway: past the deadline the chapterer stops walking windows (it
+    went on through every window of a 3,000-line transcript, one prompt rendering each)."""
+    model, tok = tiny
+    t = make_transcript(600, (0, 100, 300))
+    ch = ScriptedChapterer(model, tok, "scripted", context_tokens=400, max_new_tokens=50)
+    ch.should_stop = lambda: len(ch.windows) >= 2
+    p = ch.predict(t)
+    assert ch.windows and len(ch.windows) == 2 and p.meta["windows"] == 2
+
+
 def test_next_window_starts_at_last_chapter(tiny):
     model, tok = tiny
     t = make_transcript(200, (0, 100))
