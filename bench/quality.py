@@ -49,24 +49,56 @@ def _set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def evaluate_parallel(spec: str, settings: Settings, transcripts: list[Transcript], data: Path,
-                      workers: int, checkpoint: Path | None = None) -> tuple[Report, list[Prediction]]:
-    """`evaluate` over `workers` processes, each scoring one line-balanced range; the same rows, merged.
-    With `checkpoint` the ranges share it and are balanced on the lines still to score."""
+_WORKER: dict = {}
+
+
+def _load_worker(threads: int, settings: Settings, spec: str, data: Path) -> None:
+    _set_threads(threads)
+    _WORKER.update(chapterer=load_chapterer(spec, settings), transcripts=load_heldout(data))
+
+
+def _predict_into(index: int, checkpoint: Path) -> None:
+    evaluate(_WORKER["chapterer"], [_WORKER["transcripts"][index]], progress=False, checkpoint=checkpoint)
+
+
+def fill_checkpoint(spec: str, settings: Settings, transcripts: list[Transcript], data: Path, workers: int,
+                    checkpoint: Path) -> None:
+    """Predict every transcript not yet in `checkpoint`, one task each, longest first, over `workers`
+    processes that load the model once: fixed ranges left one process idle while the other still had an
+    hour of talks (lines of a talk and of a meeting do not cost the same)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from chaptering.evaluate import checkpointed
+
+    todo = sorted((i for i, t in enumerate(transcripts) if not checkpointed(checkpoint, t.id)),
+                  key=lambda i: -len(transcripts[i].segments))
+    if not todo:
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_load_worker,
+                             initargs=(threads, settings, spec, data)) as pool:
+        futures = [pool.submit(_predict_into, i, checkpoint) for i in todo]
+        for n, done in enumerate(as_completed(futures), start=1):
+            done.result()  # a failed transcript stops the run now
+            print(f"  {spec}: {n}/{len(todo)} predicted", flush=True)
+
+
+def evaluate_parallel(spec: str, settings: Settings, transcripts: list[Transcript], data: Path,
+                      workers: int) -> tuple[Report, list[Prediction]]:
+    """`evaluate` over `workers` processes, each scoring one line-balanced range; the same rows, merged."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
     from chaptering.shards import eval_ranges, predict_range, report_from_parts
 
     settings = settings.model_copy(update={"data": settings.data.model_copy(update={"eval_path": data})})
     scale = settings.scale.model_copy(update={"shards": workers, "min_eval_shard": 1})
-    left = [0 if checkpoint is not None and checkpointed(checkpoint, t.id) else len(t.segments) for t in transcripts]
-    ranges = eval_ranges(len(transcripts), scale, left)
+    ranges = eval_ranges(len(transcripts), scale, [len(t.segments) for t in transcripts])
     threads = max(1, (os.cpu_count() or 1) // len(ranges))
     with ProcessPoolExecutor(len(ranges), mp_context=multiprocessing.get_context("spawn"),
                              initializer=_set_threads, initargs=(threads,)) as pool:
-        futures = [pool.submit(predict_range, settings, spec, a, b, checkpoint) for a, b in ranges]
+        futures = [pool.submit(predict_range, settings, spec, a, b) for a, b in ranges]
         for done in as_completed(futures):  # a failed range stops the run now, not after the others
             done.result()
         parts = [f.result() for f in futures]
@@ -109,7 +141,7 @@ def main() -> None:
                 print(_row(reports[-1], "  (registered report)"), flush=True)
                 continue
         if spec == "base" and args.workers > 1:  # fill the shared checkpoint in parallel, then as below
-            evaluate_parallel(spec, settings, transcripts, data, args.workers, checkpoint=out / f"partial-{key}")
+            fill_checkpoint(spec, settings, transcripts, data, args.workers, out / f"partial-{key}")
         if args.workers > 1 and spec != "base":
             report, predictions = evaluate_parallel(spec, settings, transcripts, data, args.workers)
             write_report(report, predictions, transcripts, out)
