@@ -49,7 +49,7 @@ stack-down:
 	$(VENV)/bin/chaptering stack down
 
 bench-quality: setup
-	$(PY) bench/quality.py --model champion
+	$(PY) bench/quality.py --model champion --workers 2
 
 bench-train: setup
 	$(PY) bench/train.py
