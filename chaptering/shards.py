@@ -220,11 +220,9 @@ def eval_ranges(n: int, scale: ScaleSettings, sizes: list[int] | None = None) ->
     return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
 
 
-def predict_range(settings: Settings, spec: str, start: int, end: int,
-                  checkpoint: Path | None = None) -> list[dict[str, Any]]:
+def predict_range(settings: Settings, spec: str, start: int, end: int) -> list[dict[str, Any]]:
     """Score transcripts [start, end) of the held-out set with the model `spec` names: one dict a
-    transcript with its score row and its prediction (as JSON, so it travels between processes).
-    `checkpoint` is `evaluate`'s: ranges may share one folder (a file a transcript)."""
+    transcript with its score row and its prediction (as JSON, so it travels between processes)."""
     from chaptering.evaluate import evaluate
     from chaptering.factory import load_chapterer
     from chaptering.heldout import load_heldout
@@ -232,8 +230,7 @@ def predict_range(settings: Settings, spec: str, start: int, end: int,
     transcripts = load_heldout(settings.data.eval_path)[start:end]
     if not transcripts:
         return []
-    report, predictions = evaluate(load_chapterer(spec, settings), transcripts, progress=False,
-                                   checkpoint=checkpoint)
+    report, predictions = evaluate(load_chapterer(spec, settings), transcripts, progress=False)
     return [{"row": row, "prediction": p.model_dump_json()} for row, p in zip(report.rows, predictions)]
 
 
