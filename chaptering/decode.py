@@ -27,6 +27,9 @@ class DecoderSettings:
     # videos, so one bar over-cuts them: from `long_lines` lines on, `threshold_long` applies instead.
     long_lines: int = 150
     threshold_long: float | None = None
+    # Long untimed transcripts (meeting turns) are judged within 5 turns, not 5 s: a tolerance of another
+    # width, so their best bar differs from timed talks'. None: threshold_long applies to them too.
+    threshold_untimed: float | None = None
     # Count mode: as many chapters as count_scale x the summed start probabilities (what the scores
     # expect), best first; the thresholds are then unused. None: threshold mode.
     count_scale: float | None = None
@@ -60,8 +63,7 @@ def decode(scores: Sequence[float], transcript: Transcript, settings: DecoderSet
 
     order = sorted(range(1, n), key=lambda i: -scores[i])
     room = (end - pos[0]) >= settings.min_chapters * gap
-    threshold = settings.threshold_long if n >= settings.long_lines and settings.threshold_long is not None \
-        else settings.threshold
+    threshold = _threshold(settings, n, transcript.has_times)
     wanted = None if settings.count_scale is None else 1 + round(settings.count_scale * sum(scores[1:]))
     for i in order:
         if len(taken) >= settings.max_chapters:
@@ -75,6 +77,15 @@ def decode(scores: Sequence[float], transcript: Transcript, settings: DecoderSet
         if fits(i):
             taken.append(i)
     return sorted(taken)
+
+
+def _threshold(settings: DecoderSettings, n_lines: int, timed: bool) -> float:
+    """The bar for a transcript of this length and kind: short, long timed, or long untimed."""
+    if n_lines < settings.long_lines or settings.threshold_long is None:
+        return settings.threshold
+    if not timed and settings.threshold_untimed is not None:
+        return settings.threshold_untimed
+    return settings.threshold_long
 
 
 def _macro(scored: Sequence[tuple[Sequence[float], Transcript]], settings: DecoderSettings,
@@ -96,15 +107,22 @@ def _macro(scored: Sequence[tuple[Sequence[float], Transcript]], settings: Decod
 def calibrate(scored: Sequence[tuple[Sequence[float], Transcript]],
               settings: DecoderSettings, max_count_ratio: float = 2.0) -> tuple[DecoderSettings, float]:
     """The decoder with the best macro primary F1 on `scored` (a validation split) among those that
-    keep every family's chapter count within `max_count_ratio` of the reference: one threshold for
-    short and one for long transcripts, or a count scale, whichever scores higher."""
+    keep every family's chapter count within `max_count_ratio` of the reference: one threshold each for
+    short, long timed and long untimed transcripts, or a count scale, whichever scores higher."""
     from dataclasses import replace
 
     short = [(sc, t) for sc, t in scored if len(t.segments) < settings.long_lines]
     long = [(sc, t) for sc, t in scored if len(t.segments) >= settings.long_lines]
+    untimed = [(sc, t) for sc, t in long if not t.has_times]
     th, _ = calibrate_threshold(short or scored, settings, max_count_ratio=max_count_ratio)
     th_long, _ = calibrate_threshold(long, settings, max_count_ratio=max_count_ratio) if long else (th, 0.0)
-    by_threshold = replace(settings, threshold=th, threshold_long=th_long, count_scale=None)
+    th_untimed = None
+    if untimed and len(untimed) < len(long):  # both kinds present: each gets its own bar
+        timed = [(sc, t) for sc, t in long if t.has_times]
+        th_long, _ = calibrate_threshold(timed, settings, max_count_ratio=max_count_ratio)
+        th_untimed, _ = calibrate_threshold(untimed, settings, max_count_ratio=max_count_ratio)
+    by_threshold = replace(settings, threshold=th, threshold_long=th_long, threshold_untimed=th_untimed,
+                           count_scale=None)
     best = (by_threshold, _macro(scored, by_threshold, max_count_ratio))
     for scale in [round(0.1 * k, 1) for k in range(3, 21)]:
         candidate = replace(by_threshold, count_scale=scale)

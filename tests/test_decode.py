@@ -105,3 +105,27 @@ def test_calibration_does_not_buy_f1_with_dozens_of_chapters():
     assert primary_f1(t, loose) > 0 and len(loose) > 20  # what F1 alone would pick
     tuned, _ = calibrate([(scores, t)], DecoderSettings(min_chapters=1), max_count_ratio=2.0)
     assert len(decode(scores, t, tuned)) <= 4
+
+
+def _untimed(n: int, chapters: list[int]) -> Transcript:
+    segs = [Segment(text=f"turn {i}") for i in range(n)]
+    return Transcript(id="m", source="meet", segments=segs,
+                      chapters=[Chapter(title=f"c{i}", start_segment=s) for i, s in enumerate(chapters)])
+
+
+def test_long_untimed_transcripts_get_a_bar_of_their_own():
+    from chaptering.decode import calibrate
+
+    talk = _timed(200, step=10.0, chapters=[0, 100]).model_copy(update={"source": "talks"})
+    t_scores = [1.0] + [0.05] * 199
+    t_scores[100], t_scores[50] = 0.2, 0.12  # the talk needs a bar above 0.12
+    meeting = _untimed(200, chapters=[0, 60, 140])
+    m_scores = [1.0] + [0.05] * 199
+    m_scores[60], m_scores[140] = 0.1, 0.09  # the meeting needs one at or below 0.09
+    tuned, f1 = calibrate([(t_scores, talk), (m_scores, meeting)], DecoderSettings(min_chapters=1, long_lines=150))
+    assert f1 == 1.0
+    assert tuned.threshold_untimed is not None and tuned.threshold_untimed <= 0.09 < 0.12 < tuned.threshold_long
+    assert decode(m_scores, meeting, tuned) == [0, 60, 140]
+    assert decode(t_scores, talk, tuned) == [0, 100]
+    # Without the untimed bar the meeting falls back to the long one, as cards written before it do.
+    assert decode(m_scores, meeting, DecoderSettings(threshold=0.01, threshold_long=0.15, min_chapters=1)) == [0]
