@@ -86,7 +86,7 @@ class BoundaryModel:
         if card.get("features") != FEATURES:
             raise ValueError(f"{folder}: boundary model was trained on other features than cues.FEATURES; retrain it")
         booster = lgb.Booster(model_file=str(folder / MODEL_FILE))
-        return cls(booster=booster, decoder=DecoderSettings.from_dict(card["decoder"]), card=card)
+        return cls(booster=booster, decoder=DecoderSettings(**card["decoder"]), card=card)
 
 
 def is_boundary_model(folder: Path) -> bool:

@@ -27,11 +27,6 @@ class DecoderSettings:
     # videos, so one bar over-cuts them: from `long_lines` lines on, `threshold_long` applies instead.
     long_lines: int = 150
     threshold_long: float | None = None
-    # Timed transcripts are long from this many seconds on, whatever their line count: chapter density
-    # follows the clock, not the captioner's line breaks (a 12-minute screen recording in 90 lines is not
-    # a 2-minute video). Every short video in the labelled data is <= 3 min, every talk >= 8.8 min.
-    # None: timed transcripts are split by `long_lines` too (cards written before this field).
-    long_seconds: float | None = 300.0
     # Long untimed transcripts (meeting turns) are judged within 5 turns, not 5 s: a tolerance of another
     # width, so their best bar differs from timed talks'. None: threshold_long applies to them too.
     threshold_untimed: float | None = None
@@ -41,19 +36,6 @@ class DecoderSettings:
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, saved: dict[str, float]) -> DecoderSettings:
-        """Settings from a card; a field the card predates keeps the behaviour it was calibrated with."""
-        return cls(**{"long_seconds": None, **saved})
-
-
-def is_long(transcript: Transcript, settings: DecoderSettings) -> bool:
-    """Whether `threshold_long` (or `threshold_untimed`) applies to this transcript rather than `threshold`."""
-    if transcript.has_times and settings.long_seconds is not None and transcript.segments:
-        pos, end = _positions(transcript)
-        return end - pos[0] >= settings.long_seconds
-    return len(transcript.segments) >= settings.long_lines
 
 
 def _positions(transcript: Transcript) -> tuple[list[float], float]:
@@ -81,7 +63,7 @@ def decode(scores: Sequence[float], transcript: Transcript, settings: DecoderSet
 
     order = sorted(range(1, n), key=lambda i: -scores[i])
     room = (end - pos[0]) >= settings.min_chapters * gap
-    threshold = _threshold(settings, transcript)
+    threshold = _threshold(settings, n, transcript.has_times)
     wanted = None if settings.count_scale is None else 1 + round(settings.count_scale * sum(scores[1:]))
     for i in order:
         if len(taken) >= settings.max_chapters:
@@ -97,11 +79,11 @@ def decode(scores: Sequence[float], transcript: Transcript, settings: DecoderSet
     return sorted(taken)
 
 
-def _threshold(settings: DecoderSettings, transcript: Transcript) -> float:
+def _threshold(settings: DecoderSettings, n_lines: int, timed: bool) -> float:
     """The bar for a transcript of this length and kind: short, long timed, or long untimed."""
-    if settings.threshold_long is None or not is_long(transcript, settings):
+    if n_lines < settings.long_lines or settings.threshold_long is None:
         return settings.threshold
-    if not transcript.has_times and settings.threshold_untimed is not None:
+    if not timed and settings.threshold_untimed is not None:
         return settings.threshold_untimed
     return settings.threshold_long
 
@@ -129,8 +111,8 @@ def calibrate(scored: Sequence[tuple[Sequence[float], Transcript]],
     short, long timed and long untimed transcripts, or a count scale, whichever scores higher."""
     from dataclasses import replace
 
-    short = [(sc, t) for sc, t in scored if not is_long(t, settings)]
-    long = [(sc, t) for sc, t in scored if is_long(t, settings)]
+    short = [(sc, t) for sc, t in scored if len(t.segments) < settings.long_lines]
+    long = [(sc, t) for sc, t in scored if len(t.segments) >= settings.long_lines]
     untimed = [(sc, t) for sc, t in long if not t.has_times]
     th, _ = calibrate_threshold(short or scored, settings, max_count_ratio=max_count_ratio)
     th_long, _ = calibrate_threshold(long, settings, max_count_ratio=max_count_ratio) if long else (th, 0.0)

@@ -62,23 +62,10 @@ def test_long_transcripts_use_their_own_threshold():
     t = _timed(200, step=10.0)
     scores = [1.0] + [0.0] * 199
     scores[50], scores[100], scores[150] = 0.9, 0.3, 0.25
-    s = DecoderSettings(threshold=0.2, threshold_long=0.5, long_lines=150, long_seconds=None, min_chapters=1)
+    s = DecoderSettings(threshold=0.2, threshold_long=0.5, long_lines=150, min_chapters=1)
     assert decode(scores, t, s) == [0, 50]
-    assert decode(scores, t, DecoderSettings(threshold=0.2, threshold_long=0.5, long_lines=300, long_seconds=None,
-                                             min_chapters=1)) == [0, 50, 100, 150]
-
-
-def test_timed_transcripts_are_long_by_the_clock_not_the_line_count():
-    scores = [1.0] + [0.0] * 89
-    scores[30], scores[60] = 0.9, 0.3
-    s = DecoderSettings(threshold=0.2, threshold_long=0.5, long_lines=150, long_seconds=300.0, min_chapters=1)
-    recording = _timed(90, step=8.0)  # 12 minutes in 90 lines: long
-    assert decode(scores, recording, s) == [0, 30]
-    clip = _timed(90, step=1.5)  # 2 min 15 s in 90 lines: short
-    assert decode(scores, clip, s) == [0, 30, 60]
-    # A card written before `long_seconds` keeps splitting by lines when it is read back.
-    old = DecoderSettings.from_dict({k: v for k, v in s.to_dict().items() if k != "long_seconds"})
-    assert old.long_seconds is None and decode(scores, recording, old) == [0, 30, 60]
+    assert decode(scores, t, DecoderSettings(threshold=0.2, threshold_long=0.5, long_lines=300, min_chapters=1)) \
+        == [0, 50, 100, 150]
 
 
 def test_count_mode_takes_as_many_chapters_as_the_scores_expect():

@@ -56,7 +56,7 @@ def load_export(folder: Path, quant: str | None = None, threads: int | None = No
         raise ValueError(f"{folder}: exported with title prompt {manifest.get('prompt_version')!r}, this "
                          f"chaptering renders {TITLE_PROMPT_VERSION!r}: export the model again")
     trees = BoundaryModel.load(folder / "boundary")
-    decoder = DecoderSettings.from_dict(manifest["calibration"])
+    decoder = DecoderSettings(**manifest["calibration"])
     boundary = EdgeBoundary(booster=trees.booster, decoder=decoder, card=trees.card,
                             encode=OnnxEncoder(folder / "encoder", threads))
     titler = None
