@@ -37,6 +37,17 @@ class DecoderSettings:
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
+    def describe(self) -> str:
+        """One line for run summaries: how this decoder decides the count."""
+        if self.count_scale is not None:
+            return f"count x{self.count_scale:g} of the summed start scores"
+        bars = [f"threshold {self.threshold:.2f}"]
+        if self.threshold_long is not None:
+            bars.append(f"{self.threshold_long:.2f} from {self.long_lines} lines")
+        if self.threshold_untimed is not None:
+            bars.append(f"{self.threshold_untimed:.2f} long untimed")
+        return ", ".join(bars)
+
 
 def _positions(transcript: Transcript) -> tuple[list[float], float]:
     """Where each line sits on the axis the minimum gap is measured on (seconds when timed, else line
@@ -113,14 +124,15 @@ def calibrate(scored: Sequence[tuple[Sequence[float], Transcript]],
 
     short = [(sc, t) for sc, t in scored if len(t.segments) < settings.long_lines]
     long = [(sc, t) for sc, t in scored if len(t.segments) >= settings.long_lines]
-    untimed = [(sc, t) for sc, t in long if not t.has_times]
+    long_timed = [(sc, t) for sc, t in long if t.has_times]
+    long_untimed = [(sc, t) for sc, t in long if not t.has_times]
     th, _ = calibrate_threshold(short or scored, settings, max_count_ratio=max_count_ratio)
-    th_long, _ = calibrate_threshold(long, settings, max_count_ratio=max_count_ratio) if long else (th, 0.0)
-    th_untimed = None
-    if untimed and len(untimed) < len(long):  # both kinds present: each gets its own bar
-        timed = [(sc, t) for sc, t in long if t.has_times]
-        th_long, _ = calibrate_threshold(timed, settings, max_count_ratio=max_count_ratio)
-        th_untimed, _ = calibrate_threshold(untimed, settings, max_count_ratio=max_count_ratio)
+    th_long, th_untimed = th, None
+    if long_timed and long_untimed:  # both kinds present: each gets its own bar
+        th_long, _ = calibrate_threshold(long_timed, settings, max_count_ratio=max_count_ratio)
+        th_untimed, _ = calibrate_threshold(long_untimed, settings, max_count_ratio=max_count_ratio)
+    elif long:
+        th_long, _ = calibrate_threshold(long, settings, max_count_ratio=max_count_ratio)
     by_threshold = replace(settings, threshold=th, threshold_long=th_long, threshold_untimed=th_untimed,
                            count_scale=None)
     best = (by_threshold, _macro(scored, by_threshold, max_count_ratio))

@@ -80,7 +80,7 @@ def train_stage(settings: Settings, build: BuildOutput, run_dir: Path, force: bo
                             "boundary_seconds": card["seconds"], "boundary_threshold": boundary_model.decoder.threshold})
             mlflow.log_dict(card, "boundary/card.json")
             how = (f"boundary model: {card['rounds']} trees on {card['train_lines']} lines of "
-                   f"{card['train_transcripts']} transcripts, threshold {boundary_model.decoder.threshold:.2f} "
+                   f"{card['train_transcripts']} transcripts, {boundary_model.decoder.describe()} "
                    f"(val F1 {card['val_primary_f1']:.3f}); titles: {how}")
             adapter = write_bundle(out / "bundle", boundary_model, adapter)
         else:

@@ -124,8 +124,16 @@ def test_long_untimed_transcripts_get_a_bar_of_their_own():
     m_scores[60], m_scores[140] = 0.1, 0.09  # the meeting needs one at or below 0.09
     tuned, f1 = calibrate([(t_scores, talk), (m_scores, meeting)], DecoderSettings(min_chapters=1, long_lines=150))
     assert f1 == 1.0
-    assert tuned.threshold_untimed is not None and tuned.threshold_untimed <= 0.09 < 0.12 < tuned.threshold_long
+    assert tuned.threshold_untimed is not None and tuned.threshold_untimed <= 0.09
+    assert tuned.threshold_long is not None and tuned.threshold_long > 0.12
     assert decode(m_scores, meeting, tuned) == [0, 60, 140]
     assert decode(t_scores, talk, tuned) == [0, 100]
     # Without the untimed bar the meeting falls back to the long one, as cards written before it do.
     assert decode(m_scores, meeting, DecoderSettings(threshold=0.01, threshold_long=0.15, min_chapters=1)) == [0]
+
+
+def test_a_decoder_describes_each_bar_it_holds():
+    assert DecoderSettings(threshold=0.03).describe() == "threshold 0.03"
+    both = DecoderSettings(threshold=0.03, threshold_long=0.1, threshold_untimed=0.02)
+    assert both.describe() == "threshold 0.03, 0.10 from 150 lines, 0.02 long untimed"
+    assert DecoderSettings(count_scale=1.6).describe() == "count x1.6 of the summed start scores"
