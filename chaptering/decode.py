@@ -37,6 +37,13 @@ class DecoderSettings:
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
+    def bars(self) -> dict[str, float]:
+        """The calibrated values that decide the count (None ones left out): what MLflow logs per run, so
+        runs compare on every bar, not on the short-video threshold alone."""
+        values = {"threshold": self.threshold, "threshold_long": self.threshold_long,
+                  "threshold_untimed": self.threshold_untimed, "count_scale": self.count_scale}
+        return {k: float(v) for k, v in values.items() if v is not None}
+
     def describe(self) -> str:
         """One line for run summaries: how this decoder decides the count."""
         if self.count_scale is not None:

@@ -77,7 +77,8 @@ def train_stage(settings: Settings, build: BuildOutput, run_dir: Path, force: bo
 
             card = boundary_model.card
             metrics.update({"boundary_val_primary_f1": card["val_primary_f1"], "boundary_rounds": card["rounds"],
-                            "boundary_seconds": card["seconds"], "boundary_threshold": boundary_model.decoder.threshold})
+                            "boundary_seconds": card["seconds"]})
+            metrics.update({f"boundary_{k}": v for k, v in boundary_model.decoder.bars().items()})
             mlflow.log_dict(card, "boundary/card.json")
             how = (f"boundary model: {card['rounds']} trees on {card['train_lines']} lines of "
                    f"{card['train_transcripts']} transcripts, {boundary_model.decoder.describe()} "

@@ -137,3 +137,10 @@ def test_a_decoder_describes_each_bar_it_holds():
     both = DecoderSettings(threshold=0.03, threshold_long=0.1, threshold_untimed=0.02)
     assert both.describe() == "threshold 0.03, 0.10 from 150 lines, 0.02 long untimed"
     assert DecoderSettings(count_scale=1.6).describe() == "count x1.6 of the summed start scores"
+
+
+def test_a_decoder_lists_every_bar_it_uses_for_mlflow():
+    assert DecoderSettings(threshold=0.03).bars() == {"threshold": 0.03}
+    both = DecoderSettings(threshold=0.03, threshold_long=0.1, threshold_untimed=0.02)
+    assert both.bars() == {"threshold": 0.03, "threshold_long": 0.1, "threshold_untimed": 0.02}
+    assert DecoderSettings(count_scale=1.6).bars() == {"threshold": 0.5, "count_scale": 1.6}
