@@ -21,10 +21,13 @@ from typing import Any
 
 from chaptering.cues import FEATURES, start_labels, transcript_features
 from chaptering.decode import DecoderSettings, calibrate, decode, source_family
+from chaptering.lexical import LEXICAL_FILE, LexicalCue, out_of_fold
+from chaptering.lexical import fit as fit_lexical
 from chaptering.schema import Transcript
 
 MODEL_FILE = "boundary.lgb.txt"
 CARD_FILE = "boundary.json"
+LEXICAL_FEATURE = "lex"  # the learned lexical cue's logit (lexical.py), after cues.FEATURES
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "binary",
@@ -55,13 +58,17 @@ class BoundaryModel:
     booster: Any
     decoder: DecoderSettings = field(default_factory=DecoderSettings)
     card: dict[str, Any] = field(default_factory=dict)
+    lexical: LexicalCue | None = None  # None: a model trained before the lexical cue (cues.FEATURES only)
+
+    def features(self, transcript: Transcript, cache_dir: Path | None = None, encode: Any = None) -> Any:
+        """The trees' input: cues.py's features, then the lexical cue's logit when the model has one."""
+        return with_lexical(transcript_features(transcript, cache_dir, encode), transcript, self.lexical)
 
     def scores(self, transcript: Transcript, cache_dir: Path | None = None) -> list[float]:
         """P(start) per line; line 0 is 1.0 (a chapter always starts there)."""
         if len(transcript.segments) < 2:
             return [1.0] * len(transcript.segments)
-        x = transcript_features(transcript, cache_dir)
-        p = [float(v) for v in self.booster.predict(x)]
+        p = [float(v) for v in self.booster.predict(self.features(transcript, cache_dir))]
         p[0] = 1.0
         return p
 
@@ -73,7 +80,9 @@ class BoundaryModel:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.booster.save_model(str(out_dir / MODEL_FILE))
-        card = {**self.card, "features": FEATURES, "decoder": self.decoder.to_dict()}
+        if self.lexical is not None:
+            self.lexical.save(out_dir)
+        card = {**self.card, "features": feature_names(self.lexical is not None), "decoder": self.decoder.to_dict()}
         (out_dir / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
         return out_dir
 
@@ -83,18 +92,37 @@ class BoundaryModel:
 
         folder = Path(folder)
         card = json.loads((folder / CARD_FILE).read_text())
-        if card.get("features") != FEATURES:
+        lexical = card.get("features") == feature_names(True)
+        if card.get("features") != feature_names(lexical):
             raise ValueError(f"{folder}: boundary model was trained on other features than cues.FEATURES; retrain it")
+        if lexical and not (folder / LEXICAL_FILE).is_file():
+            raise ValueError(f"{folder}: boundary model uses the lexical cue but {LEXICAL_FILE} is missing")
         booster = lgb.Booster(model_file=str(folder / MODEL_FILE))
-        return cls(booster=booster, decoder=DecoderSettings(**card["decoder"]), card=card)
+        return cls(booster=booster, decoder=DecoderSettings(**card["decoder"]), card=card,
+                   lexical=LexicalCue.load(folder) if lexical else None)
 
 
 def is_boundary_model(folder: Path) -> bool:
     return (Path(folder) / MODEL_FILE).is_file() and (Path(folder) / CARD_FILE).is_file()
 
 
-def _matrix(transcripts: Sequence[Transcript], cache_dir: Path | None, progress: bool) -> tuple[Any, Any, Any]:
-    """Stacked features, labels and per-line weights (each source sums to the same weight)."""
+def feature_names(lexical: bool) -> list[str]:
+    return FEATURES + [LEXICAL_FEATURE] if lexical else list(FEATURES)
+
+
+def with_lexical(x: Any, transcript: Transcript, lexical: LexicalCue | None) -> Any:
+    """`x` with the lexical cue's column appended (unchanged for a model without the cue)."""
+    import numpy as np
+
+    if lexical is None:
+        return x
+    return np.column_stack([x, lexical.scores(transcript)]).astype(np.float32)
+
+
+def _matrix(transcripts: Sequence[Transcript], cache_dir: Path | None, progress: bool,
+            lexical: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
+    """Stacked features, labels and per-line weights (each source sums to the same weight); `lexical`
+    holds each transcript's out-of-fold lexical scores when the model uses the cue."""
     import numpy as np
     from tqdm.auto import tqdm
 
@@ -102,7 +130,8 @@ def _matrix(transcripts: Sequence[Transcript], cache_dir: Path | None, progress:
     for t in tqdm(transcripts, desc="boundary features", unit="transcript", disable=not progress):
         if len(t.segments) < 2 or not t.chapters:
             continue
-        xs.append(transcript_features(t, cache_dir))
+        x = transcript_features(t, cache_dir)
+        xs.append(x if lexical is None else np.column_stack([x, lexical[t.id]]).astype(np.float32))
         ys.append(np.array(start_labels(t), dtype=np.float32))
         srcs.append(np.full(len(t.segments), source_family(t), dtype=object))
     x, y, src = np.vstack(xs), np.concatenate(ys), np.concatenate(srcs)
@@ -121,32 +150,44 @@ def fit(
     decoder: DecoderSettings | None = None,
     params: dict[str, Any] | None = None,
     progress: bool = True,
+    lexical: bool = True,
 ) -> BoundaryModel:
     """Train on the non-validation transcripts, calibrate the threshold on the validation ones.
 
     The booster stops early on the validation loss (at most `rounds` trees); the log of both losses
-    goes on the card, which is what the "its loss falls" test reads.
+    goes on the card, which is what the "its loss falls" test reads. With `lexical`, the lexical cue
+    is fitted on every labelled transcript for new ones, and the trees (training and validation lines
+    alike) see out-of-fold lexical scores, as they will see a new transcript's.
     """
     import lightgbm as lgb
+    import numpy as np
 
     t0 = time.perf_counter()
     labelled = [t for t in transcripts if t.chapters and len(t.segments) >= 2]
     train = [t for t in labelled if not is_validation(t.id, val_share)]
     val = [t for t in labelled if is_validation(t.id, val_share)] or train
-    x, y, w = _matrix(train, cache_dir, progress)
-    xv, yv, wv = _matrix(val, cache_dir, progress)
+    oof = out_of_fold(labelled) if lexical else None
+    lexical_cue = fit_lexical(labelled) if lexical else None
+    lexical_seconds = time.perf_counter() - t0
+    x, y, w = _matrix(train, cache_dir, progress, oof)
+    xv, yv, wv = _matrix(val, cache_dir, progress, oof)
+    names = feature_names(lexical)
     evals: dict[str, Any] = {}
     booster = lgb.train(
         {**DEFAULT_PARAMS, **(params or {})},
-        lgb.Dataset(x, y, weight=w, feature_name=FEATURES, free_raw_data=False),
+        lgb.Dataset(x, y, weight=w, feature_name=names, free_raw_data=False),
         num_boost_round=rounds,
         valid_sets=[lgb.Dataset(x, y, weight=w), lgb.Dataset(xv, yv, weight=wv)],
         valid_names=["train", "val"],
         callbacks=[lgb.record_evaluation(evals), lgb.early_stopping(40, verbose=False)],
     )
     fitted = time.perf_counter() - t0
-    model = BoundaryModel(booster=booster, decoder=decoder or DecoderSettings())
-    scored = [(model.scores(t, cache_dir), t) for t in val]
+    model = BoundaryModel(booster=booster, decoder=decoder or DecoderSettings(), lexical=lexical_cue)
+    scored = []
+    for t in val:  # out-of-fold lexical scores here too: the full cue has read these transcripts
+        x_t = transcript_features(t, cache_dir)
+        p = booster.predict(x_t if oof is None else np.column_stack([x_t, oof[t.id]]).astype(np.float32))
+        scored.append(([1.0] + [float(v) for v in p[1:]], t))
     model.decoder, val_f1 = calibrate(scored, model.decoder)
     model.card = {
         "kind": "lightgbm",
@@ -160,7 +201,9 @@ def fit(
         "val_loss": [round(v, 5) for v in evals["val"]["binary_logloss"]],
         "seconds": round(time.perf_counter() - t0, 1),
         "fit_seconds": round(fitted, 1),
-        "importance": dict(sorted(zip(FEATURES, [float(v) for v in booster.feature_importance("gain")]),
+        "lexical_seconds": round(lexical_seconds, 1),
+        "lexical_tokens": len(lexical_cue.weights) if lexical_cue is not None else 0,
+        "importance": dict(sorted(zip(names, [float(v) for v in booster.feature_importance("gain")]),
                                   key=lambda kv: -kv[1])[:15]),
     }
     return model

@@ -27,3 +27,24 @@ def test_save_load_gives_the_same_starts(fitted, tmp_path):
         assert again.starts(t, cache) == model.starts(t, cache)
         assert again.starts(t, cache)[0][0] == 0
     assert not any(p.suffix in {".pkl", ".pickle", ".joblib"} for p in (tmp_path / "bm").iterdir())
+
+
+def test_the_lexical_cue_is_a_feature_and_travels_with_the_trees(fitted, tmp_path):
+    model, transcripts, cache = fitted
+    assert model.lexical is not None and model.card["lexical_tokens"] > 0
+    folder = model.save(tmp_path / "bm")
+    assert (folder / "lexical.json").is_file()
+    assert boundary.BoundaryModel.load(folder).card["features"][-1] == boundary.LEXICAL_FEATURE
+    (folder / "lexical.json").unlink()
+    with pytest.raises(ValueError, match="lexical.json is missing"):
+        boundary.BoundaryModel.load(folder)
+
+
+def test_a_model_without_the_lexical_cue_still_loads_and_scores(fitted, tmp_path):
+    """Versions registered before the cue keep serving: their card lists cues.FEATURES only."""
+    _, transcripts, cache = fitted
+    plain = boundary.fit(transcripts[:20], cache_dir=cache, rounds=20, params={"min_data_in_leaf": 5},
+                         progress=False, lexical=False)
+    again = boundary.BoundaryModel.load(plain.save(tmp_path / "plain"))
+    assert again.lexical is None and not (tmp_path / "plain" / "lexical.json").exists()
+    assert again.starts(transcripts[0], cache) == plain.starts(transcripts[0], cache)

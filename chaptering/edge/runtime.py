@@ -13,7 +13,6 @@ from typing import Any
 
 from chaptering.boundary import BoundaryModel
 from chaptering.boundary_chapterer import BoundaryChapterer
-from chaptering.cues import transcript_features
 from chaptering.decode import DecoderSettings
 from chaptering.edge.manifest import read_manifest, verify
 from chaptering.schema import Transcript
@@ -28,7 +27,7 @@ class EdgeBoundary(BoundaryModel):
     def scores(self, transcript: Transcript, cache_dir: Path | None = None) -> list[float]:
         if len(transcript.segments) < 2:
             return [1.0] * len(transcript.segments)
-        p = [float(v) for v in self.booster.predict(transcript_features(transcript, None, self.encode))]
+        p = [float(v) for v in self.booster.predict(self.features(transcript, None, self.encode))]
         p[0] = 1.0
         return p
 
@@ -57,7 +56,7 @@ def load_export(folder: Path, quant: str | None = None, threads: int | None = No
                          f"chaptering renders {TITLE_PROMPT_VERSION!r}: export the model again")
     trees = BoundaryModel.load(folder / "boundary")
     decoder = DecoderSettings(**manifest["calibration"])
-    boundary = EdgeBoundary(booster=trees.booster, decoder=decoder, card=trees.card,
+    boundary = EdgeBoundary(booster=trees.booster, decoder=decoder, card=trees.card, lexical=trees.lexical,
                             encode=OnnxEncoder(folder / "encoder", threads))
     titler = None
     llm = manifest.get("llm")
