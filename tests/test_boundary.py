@@ -30,7 +30,7 @@ def test_save_load_gives_the_same_starts(fitted, tmp_path):
 
 
 def test_the_lexical_cue_is_a_feature_and_travels_with_the_trees(fitted, tmp_path):
-    model, transcripts, cache = fitted
+    model, _, _ = fitted
     assert model.lexical is not None and model.card["lexical_tokens"] > 0
     folder = model.save(tmp_path / "bm")
     assert (folder / "lexical.json").is_file()
