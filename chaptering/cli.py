@@ -213,6 +213,9 @@ def export(
     quant: Annotated[list[str] | None, typer.Option(
         "--quant", "-q", help="GGUF quantisation, repeat for several (first = default): q8_0, q4_k_m, f16, ...")] = None,
     log: Annotated[bool, typer.Option("--log/--no-log", help="Log the folder to the version's MLflow run")] = True,
+    encoder: Annotated[str, typer.Option(
+        "--encoder", help="fp32: the server's chapters exactly; int8: 35 % smaller, ~2x faster encoding, "
+                          "as good but not always the same starts")] = "fp32",
     set: SetOpt = None,
 ) -> None:
     """Export a registered chapterer to files that run without PyTorch (GGUF titles, ONNX encoder, trees)."""
@@ -220,7 +223,7 @@ def export(
 
     settings = _settings(set)
     try:
-        manifest = export_model(version, out, quant or ["q8_0"], settings, log=log)
+        manifest = export_model(version, out, quant or ["q8_0"], settings, log=log, encoder=encoder)
     except (ValueError, LookupError, FileNotFoundError, FileExistsError) as e:
         _fail(str(e))
     size = sum(f["bytes"] for f in manifest["files"].values())

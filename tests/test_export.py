@@ -151,6 +151,26 @@ def test_onnx_encoder_gives_the_pytorch_vectors(exported: Path):
     assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
 
 
+def test_an_int8_encoder_is_smaller_and_stays_close_to_the_pytorch_vectors(exported: Path, tmp_path: Path):
+    _needs("onnxruntime", "tokenizers", "onnx")
+    import numpy as np
+
+    from chaptering.edge.encoder import OnnxEncoder
+    from chaptering.embeddings import embed
+    from chaptering.export.encoder import export_encoder
+
+    out = export_encoder(tmp_path / "int8", precision="int8")
+    card = json.loads((out / "encoder.json").read_text())
+    assert card["precision"] == "int8" and card["check_min_cosine"] >= 0.95
+    assert (out / "encoder.onnx").stat().st_size < 0.7 * (exported / "encoder" / "encoder.onnx").stat().st_size
+    assert not list(out.glob("*.fp32.onnx"))
+    texts = ["Okay so next we look at the drain.", "Now let's install the faucet and test it.", "um"]
+    got, want = OnnxEncoder(out)(texts), embed(texts)
+    assert np.all(np.sum(got * want, axis=1) > 0.9) and np.abs(got - want).max() > 1e-6  # close, not equal
+    with pytest.raises(ValueError, match="int4"):
+        export_encoder(tmp_path / "bad", precision="int4")
+
+
 @pytest.mark.edge
 def test_exported_folder_places_the_pytorch_bundles_chapters(exported: Path, bundle: Path, fitted_boundary,
                                                             settings, merged):
@@ -314,9 +334,12 @@ def test_cli_exports_a_folder_and_predicts_from_it(bundle: Path, tiny_dir: Path,
         cli, out = CliRunner(), tmp_path / "edge"
         bad = cli.invoke(app, ["export", str(bundle), "--out", str(out), "--quant", "q3_q"])
         assert bad.exit_code == 2 and "q3_q" in bad.output
-        done = cli.invoke(app, ["export", str(bundle), "--out", str(out), "--quant", "q8_0"])
+        bad = cli.invoke(app, ["export", str(bundle), "--out", str(out), "--encoder", "int4"])
+        assert bad.exit_code == 2 and "int4" in bad.output
+        done = cli.invoke(app, ["export", str(bundle), "--out", str(out), "--quant", "q8_0", "--encoder", "int8"])
         assert done.exit_code == 0, done.output
         assert _manifest(out)["llm"]["files"] == {"q8_0": "llm/title-q8_0.gguf"}
+        assert _manifest(out)["encoder"] == {"precision": "int8"}
         pred = tmp_path / "pred.jsonl"
         demo = PROJECT_ROOT / "data" / "demo" / "seed-home-tour.vtt"
         done = cli.invoke(app, ["predict", str(demo), "--out", str(pred), "--model", f"export:{out}"])

@@ -29,7 +29,8 @@ def resolve_spec(spec: str, settings: Any) -> str:
     return spec
 
 
-def export_model(spec: str, out: Path, quants: Sequence[str], settings: Any, log: bool = True) -> dict[str, Any]:
+def export_model(spec: str, out: Path, quants: Sequence[str], settings: Any, log: bool = True,
+                 encoder: str = "fp32") -> dict[str, Any]:
     """Export VERSION | champion | models:/NAME/VER | a bundle folder to `out`; returns the manifest.
 
     Registry versions are logged back (artifact + tag) unless `log` is False; a local folder has no
@@ -43,7 +44,7 @@ def export_model(spec: str, out: Path, quants: Sequence[str], settings: Any, log
         if not is_bundle(path):
             raise ValueError(f"{spec!r}: expected a version number, champion, models:/NAME/VERSION or a bundle "
                              "folder (boundary/ + adapter/)")
-        return export_bundle(path, settings.model.base, out, quants, settings.cache_dir)
+        return export_bundle(path, settings.model.base, out, quants, settings.cache_dir, encoder=encoder)
     from chaptering.registry import fetch_model, git_commit
 
     bundle, base, name = fetch_model(spec, settings)
@@ -54,7 +55,7 @@ def export_model(spec: str, out: Path, quants: Sequence[str], settings: Any, log
     run_id = client.get_model_version(model_name, version).run_id
     manifest = export_bundle(bundle, base, out, quants, settings.cache_dir, source={
         "model": name, "registered_model": model_name, "version": version, "run_id": run_id,
-        "export_git_commit": git_commit()})
+        "export_git_commit": git_commit()}, encoder=encoder)
     if log and run_id:
         log_export(client, model_name, version, run_id, Path(out), manifest)
     return manifest

@@ -38,11 +38,12 @@ def versions() -> dict[str, str]:
 
 
 def export_bundle(bundle: Path, base: str, out: Path, quants: Sequence[str], cache_dir: Path,
-                  source: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write the exported folder for `bundle` (its adapter on `base`) at `out`; returns the manifest."""
+                  source: dict[str, Any] | None = None, encoder: str = "fp32") -> dict[str, Any]:
+    """Write the exported folder for `bundle` (its adapter on `base`) at `out`; returns the manifest.
+    `encoder`: fp32 (the server's chapters exactly) or int8 (smaller and faster, as good; export/encoder.py)."""
     from chaptering.boundary import BoundaryModel
     from chaptering.boundary_chapterer import ADAPTER_DIR, BOUNDARY_DIR, is_bundle
-    from chaptering.export.encoder import export_encoder
+    from chaptering.export.encoder import PRECISIONS, export_encoder
     from chaptering.export.gguf_llama import file_type
     from chaptering.titles import TITLE_PROMPT_VERSION
 
@@ -50,6 +51,8 @@ def export_bundle(bundle: Path, base: str, out: Path, quants: Sequence[str], cac
     if not is_bundle(bundle):
         raise ValueError(f"{bundle}: not a chapterer bundle (no {BOUNDARY_DIR}/boundary.json)")
     quants = list(dict.fromkeys(quants)) or ["q8_0"]
+    if encoder not in PRECISIONS:
+        raise ValueError(f"--encoder {encoder!r}: expected one of {', '.join(PRECISIONS)}")
     for q in quants:
         file_type(q)  # unknown names fail before minutes of work
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
@@ -60,7 +63,7 @@ def export_bundle(bundle: Path, base: str, out: Path, quants: Sequence[str], cac
         tmp = Path(work) / "export"
         shutil.copytree(bundle / BOUNDARY_DIR, tmp / "boundary",
                         ignore=lambda _d, names: [n for n in names if not n.endswith((".txt", ".json"))])
-        export_encoder(tmp / "encoder")
+        export_encoder(tmp / "encoder", precision=encoder)
         llm = None
         if (bundle / ADAPTER_DIR / "adapter_config.json").is_file():
             llm = export_llm(bundle / ADAPTER_DIR, base, cache_dir, tmp / "llm", quants, Path(work))
@@ -72,6 +75,7 @@ def export_bundle(bundle: Path, base: str, out: Path, quants: Sequence[str], cac
             "calibration": trees.decoder.to_dict(),
             "boundary": {"features": len(trees.card.get("features", [])), "rounds": trees.card.get("rounds"),
                          "val_primary_f1": trees.card.get("val_primary_f1")},
+            "encoder": {"precision": encoder},
             "llm": llm,
             "versions": versions(),
             "files": file_entries(tmp),
