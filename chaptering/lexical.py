@@ -1,10 +1,12 @@
-"""A learned lexical cue: which words open a chapter's first line, and which close the line before it.
+"""A learned lexical cue: which words open a chapter's first line, which close the line before it, and who
+speaks it.
 
 cues.py's hand-written cue phrases ("so, next", "welcome back") are few and English-general; each corpus
 has its own openers and closers (a meeting's "the industrial designer's presentation", a talk's "let's
-get started", a tutorial's "step two"). This is a logistic regression over the first words (and word
-pairs) of line i and the last words of line i-1, trained on the labelled starts; its logit becomes one
-more feature of the boundary trees (boundary.py).
+get started", a tutorial's "step two"; a meeting's chair or a talk's host opens most parts). This is a
+logistic regression over the first words (and word pairs) of line i, the last words of line i-1 and
+line i's speaker, trained on the labelled starts; its logit becomes one more feature of the boundary
+trees (boundary.py).
 
 The trees must see on training lines what they will see on new ones, a score from a model that never
 read that transcript, so training lines get out-of-fold scores (`out_of_fold`) and new transcripts the
@@ -36,10 +38,26 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(clean_line(text).lower())
 
 
+def _speaker_tokens(transcript: Transcript) -> list[list[str]]:
+    """Who speaks each line: the speaker's name or role (a meeting's "Project Manager" opens most topics),
+    and whether it is the transcript's first or most frequent speaker (the host or chair, whatever the
+    diarizer called them). Empty lists for transcripts without speakers."""
+    from collections import Counter
+
+    speakers = [s.speaker for s in transcript.segments]
+    named = [s for s in speakers if s]
+    if not named:
+        return [[] for _ in speakers]
+    first, top = named[0], Counter(named).most_common(1)[0][0]
+    return [[f"s:{s.lower()}"] + (["s:first"] if s == first else []) + (["s:top"] if s == top else [])
+            if s else [] for s in speakers]
+
+
 def line_tokens(transcript: Transcript) -> list[list[str]]:
     """The tokens each line is scored on: its first words (the first two also by position) and word
-    pairs, and the closing words and pairs of the line before."""
+    pairs, the closing words and pairs of the line before, and who speaks it."""
     words = [_words(s.text) for s in transcript.segments]
+    speakers = _speaker_tokens(transcript)
     out = []
     for i, w in enumerate(words):
         head = w[:HEAD_WORDS]
@@ -47,7 +65,7 @@ def line_tokens(transcript: Transcript) -> list[list[str]]:
         toks = [f"h:{x}" for x in head] + [f"h{j}:{x}" for j, x in enumerate(head[:2])]
         toks += [f"hb:{a}_{b}" for a, b in itertools.pairwise(head)]
         toks += [f"p:{x}" for x in tail] + [f"pb:{a}_{b}" for a, b in itertools.pairwise(tail)]
-        out.append(toks)
+        out.append(toks + speakers[i])
     return out
 
 
@@ -82,7 +100,7 @@ def fit(transcripts: Sequence[Transcript], c: float = 1.0, min_count: int = 2) -
     every line but the first; tokens seen on fewer than `min_count` lines are left out.
 
     C = 1 and 2 lines were chosen by out-of-fold AUC per family on the shared corpus (0.61 mean; C 0.1: 0.59,
-    5 lines: 0.60); see docs/boundary-model.md.
+    5 lines: 0.60), and the speaker tokens by the same measure (0.620 -> 0.629); see docs/boundary-model.md.
     """
     import numpy as np
     from sklearn.feature_extraction import DictVectorizer

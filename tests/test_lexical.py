@@ -53,3 +53,23 @@ def test_an_unlabelled_set_gives_a_neutral_cue():
     t = _talk("u")
     cue = lexical.fit([t.model_copy(update={"chapters": []})])
     assert cue.weights == {} and list(cue.scores(t)) == [0.0] * len(t.segments)
+
+
+def test_who_speaks_is_a_token_the_cue_learns():
+    """The host (first speaker) opens every chapter: the cue learns `s:first` from transcripts whose hosts
+    have different names, so a new host's chapter openings score higher than the guest's lines."""
+    def hosted(tid: str, host: str) -> Transcript:
+        t = _talk(tid, opener="well", every=8)
+        starts = set(t.boundaries)
+        segs = [s.model_copy(update={"speaker": host if i in starts else f"guest of {host}"})
+                for i, s in enumerate(t.segments)]
+        return t.model_copy(update={"segments": segs})
+
+    cue = lexical.fit([hosted(f"h{k}", f"Host {k}") for k in range(6)])
+    assert cue.weights["s:first"] > 0.1
+    new = hosted("new", "Someone Else")
+    assert "s:someone else" in lexical.line_tokens(new)[0] and "s:first" in lexical.line_tokens(new)[8]
+    scores = cue.scores(new)
+    assert scores[8] > max(scores[i] for i in range(1, 8))
+    assert lexical.line_tokens(_talk("plain"))[5] == [t for t in lexical.line_tokens(_talk("plain"))[5]
+                                                      if not t.startswith("s:")]
