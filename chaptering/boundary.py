@@ -112,26 +112,35 @@ def feature_names(lexical: bool) -> list[str]:
 
 def with_lexical(x: Any, transcript: Transcript, lexical: LexicalCue | None) -> Any:
     """`x` with the lexical cue's column appended (unchanged for a model without the cue)."""
+    return x if lexical is None else _append(x, lexical.scores(transcript))
+
+
+def _append(x: Any, column: Any) -> Any:
     import numpy as np
 
-    if lexical is None:
-        return x
-    return np.column_stack([x, lexical.scores(transcript)]).astype(np.float32)
+    return np.column_stack([x, column]).astype(np.float32)
 
 
-def _matrix(transcripts: Sequence[Transcript], cache_dir: Path | None, progress: bool,
-            lexical: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
-    """Stacked features, labels and per-line weights (each source sums to the same weight); `lexical`
-    holds each transcript's out-of-fold lexical scores when the model uses the cue."""
-    import numpy as np
+def _features(transcripts: Sequence[Transcript], cache_dir: Path | None, progress: bool,
+              lexical: dict[str, Any] | None) -> dict[str, Any]:
+    """Each transcript's feature matrix by id, computed once for training and calibration; `lexical`
+    holds the out-of-fold lexical scores when the model uses the cue."""
     from tqdm.auto import tqdm
 
-    xs, ys, srcs = [], [], []
+    out = {}
     for t in tqdm(transcripts, desc="boundary features", unit="transcript", disable=not progress):
-        if len(t.segments) < 2 or not t.chapters:
-            continue
         x = transcript_features(t, cache_dir)
-        xs.append(x if lexical is None else np.column_stack([x, lexical[t.id]]).astype(np.float32))
+        out[t.id] = x if lexical is None else _append(x, lexical[t.id])
+    return out
+
+
+def _matrix(transcripts: Sequence[Transcript], features: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Stacked features, labels and per-line weights (each source sums to the same weight)."""
+    import numpy as np
+
+    xs, ys, srcs = [], [], []
+    for t in transcripts:
+        xs.append(features[t.id])
         ys.append(np.array(start_labels(t), dtype=np.float32))
         srcs.append(np.full(len(t.segments), source_family(t), dtype=object))
     x, y, src = np.vstack(xs), np.concatenate(ys), np.concatenate(srcs)
@@ -160,7 +169,6 @@ def fit(
     alike) see out-of-fold lexical scores, as they will see a new transcript's.
     """
     import lightgbm as lgb
-    import numpy as np
 
     t0 = time.perf_counter()
     labelled = [t for t in transcripts if t.chapters and len(t.segments) >= 2]
@@ -169,8 +177,9 @@ def fit(
     oof = out_of_fold(labelled) if lexical else None
     lexical_cue = fit_lexical(labelled) if lexical else None
     lexical_seconds = time.perf_counter() - t0
-    x, y, w = _matrix(train, cache_dir, progress, oof)
-    xv, yv, wv = _matrix(val, cache_dir, progress, oof)
+    features = _features(labelled, cache_dir, progress, oof)
+    x, y, w = _matrix(train, features)
+    xv, yv, wv = _matrix(val, features)
     names = feature_names(lexical)
     evals: dict[str, Any] = {}
     booster = lgb.train(
@@ -183,11 +192,8 @@ def fit(
     )
     fitted = time.perf_counter() - t0
     model = BoundaryModel(booster=booster, decoder=decoder or DecoderSettings(), lexical=lexical_cue)
-    scored = []
-    for t in val:  # out-of-fold lexical scores here too: the full cue has read these transcripts
-        x_t = transcript_features(t, cache_dir)
-        p = booster.predict(x_t if oof is None else np.column_stack([x_t, oof[t.id]]).astype(np.float32))
-        scored.append(([1.0] + [float(v) for v in p[1:]], t))
+    # Calibrated on the validation lines' out-of-fold lexical scores: the full cue has read these transcripts.
+    scored = [([1.0] + [float(v) for v in booster.predict(features[t.id])[1:]], t) for t in val]
     model.decoder, val_f1 = calibrate(scored, model.decoder)
     model.card = {
         "kind": "lightgbm",

@@ -24,12 +24,8 @@ class EdgeBoundary(BoundaryModel):
 
     encode: Any = None
 
-    def scores(self, transcript: Transcript, cache_dir: Path | None = None) -> list[float]:
-        if len(transcript.segments) < 2:
-            return [1.0] * len(transcript.segments)
-        p = [float(v) for v in self.booster.predict(self.features(transcript, None, self.encode))]
-        p[0] = 1.0
-        return p
+    def features(self, transcript: Transcript, cache_dir: Path | None = None, encode: Any = None) -> Any:
+        return super().features(transcript, None, self.encode)
 
 
 def parse_spec(spec: str) -> tuple[Path, str | None]:
