@@ -179,10 +179,13 @@ def test_registered_model_and_comparison_views(page: Page, mlflow_url: str, two_
     page.shot("mlflow-compare-runs-decision")
 
     page.click_hidden("//*[normalize-space(text())='compare.png']")  # the file list is squeezed to a sliver
-    images = page.until(lambda: [i for i in page.driver.find_elements("css selector", "img[src*='compare.png'],"
-                                                                      "img[src^='blob:']") if i.is_displayed()
-                                 and page.driver.execute_script("return arguments[0].naturalWidth", i) > 0],
-                        "both runs' compare.png rendered")
+    def both_rendered() -> list | None:
+        """The rendered plots once there are two: the second run's can load a moment after the first."""
+        got = [i for i in page.driver.find_elements("css selector", "img[src*='compare.png'], img[src^='blob:']")
+               if i.is_displayed() and page.driver.execute_script("return arguments[0].naturalWidth", i) > 0]
+        return got if len(got) >= 2 else None
+
+    images = page.until(both_rendered, "both runs' compare.png rendered")
     assert len(images) >= 2, "one plot per run, side by side"
     page.scroll_to("//*[normalize-space(text())='Artifacts']")
     page.shot("mlflow-compare-runs-plots")
