@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaptering.cues import FEATURES, start_labels, transcript_features
+from chaptering.cues import FEATURES, family_weights, start_labels, transcript_features
 from chaptering.decode import DecoderSettings, calibrate, decode, source_family
 from chaptering.lexical import LEXICAL_FILE, LexicalCue, out_of_fold
 from chaptering.lexical import fit as fit_lexical
@@ -143,12 +143,7 @@ def _matrix(transcripts: Sequence[Transcript], features: dict[str, Any]) -> tupl
         xs.append(features[t.id])
         ys.append(np.array(start_labels(t), dtype=np.float32))
         srcs.append(np.full(len(t.segments), source_family(t), dtype=object))
-    x, y, src = np.vstack(xs), np.concatenate(ys), np.concatenate(srcs)
-    w = np.ones(len(y))
-    for s in set(src):
-        mask = src == s
-        w[mask] = len(y) / (len(set(src)) * mask.sum())
-    return x, y, w
+    return np.vstack(xs), np.concatenate(ys), family_weights(np.concatenate(srcs))
 
 
 def fit(

@@ -176,3 +176,17 @@ def start_labels(transcript: Transcript) -> Sequence[int]:
     """1 where a reference chapter starts (line 0 excluded: it always starts one)."""
     starts = set(transcript.boundaries) - {0}
     return [int(i in starts) for i in range(len(transcript.segments))]
+
+
+def family_weights(families: Sequence[str]) -> Any:
+    """Per-line weights under which every source family sums to the same total (one QMSum meeting has as
+    many lines as 200 short videos): what the trees and the lexical cue both train with."""
+    import numpy as np
+
+    fam = np.asarray(families, dtype=object)
+    weights = np.ones(len(fam))
+    kinds = set(fam.tolist())
+    for f in kinds:
+        mask = fam == f
+        weights[mask] = len(fam) / (len(kinds) * mask.sum())
+    return weights

@@ -106,7 +106,7 @@ def fit(transcripts: Sequence[Transcript], c: float = 1.0, min_count: int = 2) -
     from sklearn.feature_extraction import DictVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from chaptering.cues import start_labels
+    from chaptering.cues import family_weights, start_labels
     from chaptering.decode import source_family
 
     rows, labels, families = [], [], []
@@ -124,13 +124,8 @@ def fit(transcripts: Sequence[Transcript], c: float = 1.0, min_count: int = 2) -
     keep = np.flatnonzero(np.asarray((x > 0).sum(axis=0)).ravel() >= min_count)
     x = x[:, keep]
     names = vec.get_feature_names_out()[keep]
-    fam = np.array(families, dtype=object)
-    weight = np.ones(len(labels))
-    for f in set(families):
-        mask = fam == f
-        weight[mask] = len(labels) / (len(set(families)) * mask.sum())
     model = LogisticRegression(C=c, max_iter=500)
-    model.fit(x, np.array(labels), sample_weight=weight)
+    model.fit(x, np.array(labels), sample_weight=family_weights(families))
     coef = model.coef_[0]
     return LexicalCue(weights={str(n): round(float(v), 5) for n, v in zip(names, coef) if abs(v) > 1e-5},
                       bias=float(model.intercept_[0]))

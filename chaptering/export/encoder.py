@@ -7,9 +7,10 @@ attention path and dynamic batch and sequence axes, and checked against PyTorch 
 it is kept (the parity a boundary decision depends on).
 
 `precision="int8"` then quantises the MatMul weights per channel (onnxruntime's quantize_dynamic): 56 MB
-instead of 86 MB and ~2.1x faster encoding on a 2-core CPU, held-out F1 within 0.011 per domain, but the
-chapter starts are identical on only 65 of 145 held-out transcripts (bench/encoder_int8.py,
-docs/edge.md): as good as the server's chapters, not the same ones, so it is an opt-in.
+instead of 86 MB and 1.7-2.1x faster encoding on a 2-core CPU; on two boundary models the held-out headline
+moved +0.007 and -0.006 (per domain -0.031..+0.032) and the chapter starts were identical on only 55-65 of
+145 transcripts (bench/encoder_int8.py, docs/edge.md): as good as the server's chapters, not the same
+ones, so it is an opt-in.
 """
 
 from __future__ import annotations
@@ -30,10 +31,15 @@ PRECISIONS = ("fp32", "int8")
 INT8_MIN_COSINE = 0.95  # worst line of the check batch; the held-out lines' worst was 0.950, mean 0.989
 
 
-def export_encoder(out: Path, check_tol: float = 1e-3, precision: str = "fp32") -> Path:
-    """Write encoder.onnx, tokenizer.json and encoder.json (dims, truncation, pad id, precision) into `out`."""
+def check_precision(precision: str) -> None:
+    """Refuse an unknown encoder precision (export_bundle calls it before minutes of work)."""
     if precision not in PRECISIONS:
         raise ValueError(f"encoder precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+
+
+def export_encoder(out: Path, check_tol: float = 1e-3, precision: str = "fp32") -> Path:
+    """Write encoder.onnx, tokenizer.json and encoder.json (dims, truncation, pad id, precision) into `out`."""
+    check_precision(precision)
     import warnings
 
     import numpy as np

@@ -43,7 +43,7 @@ def export_bundle(bundle: Path, base: str, out: Path, quants: Sequence[str], cac
     `encoder`: fp32 (the server's chapters exactly) or int8 (smaller and faster, as good; export/encoder.py)."""
     from chaptering.boundary import BoundaryModel
     from chaptering.boundary_chapterer import ADAPTER_DIR, BOUNDARY_DIR, is_bundle
-    from chaptering.export.encoder import PRECISIONS, export_encoder
+    from chaptering.export.encoder import check_precision, export_encoder
     from chaptering.export.gguf_llama import file_type
     from chaptering.titles import TITLE_PROMPT_VERSION
 
@@ -51,8 +51,7 @@ def export_bundle(bundle: Path, base: str, out: Path, quants: Sequence[str], cac
     if not is_bundle(bundle):
         raise ValueError(f"{bundle}: not a chapterer bundle (no {BOUNDARY_DIR}/boundary.json)")
     quants = list(dict.fromkeys(quants)) or ["q8_0"]
-    if encoder not in PRECISIONS:
-        raise ValueError(f"--encoder {encoder!r}: expected one of {', '.join(PRECISIONS)}")
+    check_precision(encoder)
     for q in quants:
         file_type(q)  # unknown names fail before minutes of work
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
