@@ -24,7 +24,6 @@ SOURCES = {
     "meetings": ("qmsum/qmsum-val.jsonl", 35, None),  # QMSum validation: all held out
     "work": ("video/tinyrec-dev.jsonl", 3, "tinyrec-dev.jsonl"),
 }
-QMSUM_TRAIN = 40  # meetings for training come from QMSum's train split
 
 
 def h(s: str) -> int:
@@ -50,7 +49,7 @@ for domain, (src, n_eval, train_name) in SOURCES.items():
     heldout += [{**r, "meta": {**r.get("meta", {}), "domain": domain}} for r in items[:n_eval]]
     if train_name:
         write(OUT / "train" / train_name, items[n_eval:])
-write(OUT / "train" / "qmsum-train.jsonl", rows(SHARED / "qmsum" / "qmsum-train.jsonl")[:QMSUM_TRAIN])
+write(OUT / "train" / "qmsum-train.jsonl", rows(SHARED / "qmsum" / "qmsum-train.jsonl"))  # all of QMSum's train split
 write(OUT / "eval" / "heldout.jsonl", heldout)
 
 (OUT / "demo").mkdir(exist_ok=True)
