@@ -77,11 +77,12 @@ class LexicalCue:
     bias: float
 
     def scores(self, transcript: Transcript) -> Any:
-        """One logit per line (float32 numpy array)."""
+        """One logit per line (float32 numpy array). Summed in sorted token order: a set's order changes
+        with each process's hash seed, and so would the last bits of the sum and the trees' splits on it."""
         import numpy as np
 
         w = self.weights
-        return np.array([self.bias + sum(w.get(t, 0.0) for t in set(toks)) for toks in line_tokens(transcript)],
+        return np.array([self.bias + sum(w.get(t, 0.0) for t in sorted(set(toks))) for toks in line_tokens(transcript)],
                         dtype=np.float32)
 
     def save(self, folder: Path) -> Path:

@@ -73,3 +73,21 @@ def test_who_speaks_is_a_token_the_cue_learns():
     assert scores[8] > max(scores[i] for i in range(1, 8))
     assert lexical.line_tokens(_talk("plain"))[5] == [t for t in lexical.line_tokens(_talk("plain"))[5]
                                                       if not t.startswith("s:")]
+
+
+def test_scores_do_not_depend_on_the_process_hash_seed():
+    """A retrain on the same data must give the same model: the trees split on the cue's exact values, so
+    its sum may not follow a set's order, which changes with each process's PYTHONHASHSEED."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("from chaptering.lexical import LexicalCue\n"
+              "from chaptering.schema import Segment, Transcript\n"
+              "t = Transcript(id='x', source='demo/t', segments=[Segment(text='alpha beta gamma', start=0.0, end=1.0),"
+              " Segment(text='alpha beta gamma', start=1.0, end=2.0)])\n"
+              "cue = LexicalCue(weights={'h:alpha': 1e17, 'h:beta': 1.0, 'h:gamma': -1e17}, bias=0.0)\n"
+              "print(cue.scores(t).tolist())\n")
+    outs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(8)}
+    assert len(outs) == 1, outs
