@@ -105,6 +105,16 @@ def _text_key(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
 
 
+def _cache_path(texts: Sequence[str], cache_dir: Path) -> Path:
+    key = _text_key("\n".join(texts))
+    return Path(cache_dir) / "embeddings" / f"{key}.npy"
+
+
+def is_embedded(transcript: Transcript, cache_dir: Path | None) -> bool:
+    """Whether `line_embeddings` would read this transcript from the cache instead of running MiniLM."""
+    return cache_dir is not None and _cache_path([clean_line(s.text) for s in transcript.segments], cache_dir).is_file()
+
+
 def line_embeddings(transcript: Transcript, cache_dir: Path | None = None,
                     encode: Callable[[Sequence[str]], Any] | None = None) -> Any:
     """(n_lines, 384) unit MiniLM embeddings; empty lines get zeros. Cached per transcript content.
@@ -116,8 +126,7 @@ def line_embeddings(transcript: Transcript, cache_dir: Path | None = None,
     texts = [clean_line(s.text) for s in transcript.segments]
     path = None
     if cache_dir is not None:
-        key = _text_key("\n".join(texts))
-        path = Path(cache_dir) / "embeddings" / f"{key}.npy"
+        path = _cache_path(texts, cache_dir)
         if path.is_file():
             return np.load(path)
     emb = (encode or embed)([t or "." for t in texts])

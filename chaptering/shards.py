@@ -203,11 +203,11 @@ def merge_curation(settings: Settings, run_dir: Path, parts: list[Path], rejecte
 # ------------------------------------------------------------------------------------------- evaluation
 
 
-def eval_ranges(n: int, scale: ScaleSettings, sizes: list[int] | None = None) -> list[tuple[int, int]]:
+def eval_ranges(n: int, scale: ScaleSettings, sizes: list[float] | None = None) -> list[tuple[int, int]]:
     """[start, end) index ranges over an n-transcript held-out set, contiguous and in order; with `sizes`
-    (lines per transcript) each range holds about the same number of lines, not of transcripts: the set
-    is ordered by domain, and equal counts gave one worker the 60 short videos and the other every
-    hour-long talk and meeting."""
+    (the expected cost of each transcript: `eval_cost`, or its lines) each range holds about the same
+    total, not the same count: the set is ordered by domain, and equal counts gave one worker the 60
+    short videos and the other every hour-long talk and meeting."""
     k = shard_count(n, scale.min_eval_shard, scale)
     if not sizes or k <= 1:
         return [(n * i // k, n * (i + 1) // k) for i in range(k) if n * (i + 1) // k > n * i // k] or [(0, 0)]
@@ -268,9 +268,32 @@ def merge_eval(settings: Settings, outcome: TrainOutcome, run_dir: Path,
     return EvalOutcome(report, champion, references, [paths["timeline"], paths["markdown"], paths["json"]])
 
 
+# What scoring one held-out transcript costs the boundary chapterer on a 2-core CPU (measured in the
+# 2026-12-05 fresh make run, docs/boundary-model.md): MiniLM ~65 us a character of a line not yet in the
+# embedding cache, and ~0.45 s of title decoding a chapter. Lines alone put a range of talks (long lines)
+# beside a range of meetings (short turns) that took 7 min less.
+ENCODE_S_PER_CHAR = 65e-6
+TITLE_S_PER_CHAPTER = 0.45
+
+
+def eval_cost(transcript: Transcript, cache_dir: Path | None) -> float:
+    """Expected seconds to score `transcript` with the boundary chapterer. Its reference chapter count
+    stands in for the chapters the challenger will title (unknown until it runs); a transcript already
+    embedded costs no MiniLM pass, which is what a warm nightly sees."""
+    from chaptering.embeddings import is_embedded
+
+    chars = 0 if is_embedded(transcript, cache_dir) else sum(len(s.text) for s in transcript.segments)
+    return ENCODE_S_PER_CHAR * chars + TITLE_S_PER_CHAPTER * len(transcript.chapters)
+
+
 def plan_eval(settings: Settings) -> list[tuple[int, int]]:
-    """`eval_ranges` over the configured held-out set."""
+    """`eval_ranges` over the configured held-out set, balanced by expected cost: the boundary chapterer's
+    `eval_cost`, or lines for the LLM chapterer (it decodes every line)."""
     from chaptering.heldout import load_heldout
 
     held = load_heldout(settings.data.eval_path)
-    return eval_ranges(len(held), settings.scale, [len(t.segments) for t in held])
+    if settings.model.kind == "boundary":
+        costs = [eval_cost(t, settings.cache_dir) for t in held]
+    else:
+        costs = [float(len(t.segments)) for t in held]
+    return eval_ranges(len(held), settings.scale, costs)

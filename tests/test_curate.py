@@ -458,3 +458,29 @@ def test_eval_ranges_are_contiguous_and_balance_lines(sizes, shards):
     assert len(ranges) <= shards
     share = sum(sizes) / len(ranges)
     assert all(sum(sizes[a:b]) <= share + max(sizes) for a, b in ranges)
+
+
+def test_eval_cost_counts_minilm_only_for_lines_not_yet_embedded_and_titles_per_chapter(tmp_path):
+    """A range of long talk lines costs more than a range of as many short meeting turns, until the talk
+    is in the embedding cache (a warm nightly): then only its chapters' titles are left to pay for."""
+    import numpy as np
+
+    from chaptering.embeddings import is_embedded, line_embeddings
+    from chaptering.shards import ENCODE_S_PER_CHAR, TITLE_S_PER_CHAPTER, eval_cost
+
+    def transcript(tid: str, line: str, n: int, chapters: int) -> Transcript:
+        return Transcript(id=tid, segments=[Segment(text=f"{line} {i}.") for i in range(n)],
+                          chapters=[Chapter(title=f"part {k}", start_segment=k * (n // chapters))
+                                    for k in range(chapters)])
+
+    talk = transcript("talk", "and here the controller reconciles the desired state with the cluster", 400, 2)
+    meeting = transcript("meeting", "yeah", 400, 2)
+    assert eval_cost(talk, tmp_path) > 2 * eval_cost(meeting, tmp_path)
+    chars = sum(len(s.text) for s in talk.segments)
+    assert eval_cost(talk, tmp_path) == pytest.approx(ENCODE_S_PER_CHAR * chars + 2 * TITLE_S_PER_CHAPTER)
+    assert eval_cost(talk, None) == eval_cost(talk, tmp_path)  # no cache: every line is encoded
+
+    assert not is_embedded(talk, tmp_path)
+    line_embeddings(talk, tmp_path, encode=lambda texts: np.ones((len(texts), 384), dtype=np.float32))
+    assert is_embedded(talk, tmp_path) and not is_embedded(meeting, tmp_path)
+    assert eval_cost(talk, tmp_path) == pytest.approx(2 * TITLE_S_PER_CHAPTER)
