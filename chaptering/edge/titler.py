@@ -48,9 +48,10 @@ _PARAMS_LOCK = threading.Lock()
 def load_llama(gguf: Path, n_ctx: int, threads: int, extra_buffers: bool = False) -> Any:
     """A llama.cpp model on plain CPU buffers unless `extra_buffers`.
 
-    llama.cpp's extra CPU buffer types (AMX tiles, repacked weights) crash decoding on this project's
-    CPU (SIGSEGV in llama_decode for every quantised type, llama.cpp's own q8_0 file included; f16/f32
-    use none). llama-cpp-python has no argument for `use_extra_bufts`, so the default model params are
+    llama.cpp's extra CPU buffer types (AMX tiles, repacked weights) crashed decoding on this project's
+    CPU with an earlier build (SIGSEGV in llama_decode for every quantised type); a wheel compiled on
+    the machine itself runs them, but titles no faster (docs/edge.md, 2026-12-06), so plain buffers stay
+    the default. llama-cpp-python has no argument for `use_extra_bufts`, so the default model params are
     wrapped while the model loads.
     """
     import llama_cpp.llama as high
