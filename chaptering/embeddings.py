@@ -105,6 +105,10 @@ def _text_key(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
 
 
+def _clean_lines(transcript: Transcript) -> list[str]:
+    return [clean_line(s.text) for s in transcript.segments]
+
+
 def _cache_path(texts: Sequence[str], cache_dir: Path) -> Path:
     key = _text_key("\n".join(texts))
     return Path(cache_dir) / "embeddings" / f"{key}.npy"
@@ -112,7 +116,7 @@ def _cache_path(texts: Sequence[str], cache_dir: Path) -> Path:
 
 def is_embedded(transcript: Transcript, cache_dir: Path | None) -> bool:
     """Whether `line_embeddings` would read this transcript from the cache instead of running MiniLM."""
-    return cache_dir is not None and _cache_path([clean_line(s.text) for s in transcript.segments], cache_dir).is_file()
+    return cache_dir is not None and _cache_path(_clean_lines(transcript), cache_dir).is_file()
 
 
 def line_embeddings(transcript: Transcript, cache_dir: Path | None = None,
@@ -123,7 +127,7 @@ def line_embeddings(transcript: Transcript, cache_dir: Path | None = None,
     ONNX encoder, so both paths clean, zero and round lines alike."""
     import numpy as np
 
-    texts = [clean_line(s.text) for s in transcript.segments]
+    texts = _clean_lines(transcript)
     path = None
     if cache_dir is not None:
         path = _cache_path(texts, cache_dir)
