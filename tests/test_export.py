@@ -217,11 +217,11 @@ def test_batched_titles_are_greedy_continuations_of_each_prompt(exported: Path, 
     import torch
 
     from chaptering.edge import load_export
-    from chaptering.edge.batch import BatchDecoder, _common_prefix
+    from chaptering.edge.batch import BatchDecoder, common_prefix
 
     # the shared prompt start is computed once; each prompt keeps at least one token of its own
-    assert _common_prefix([[1, 2, 3], [1, 2, 4]]) == 2 and _common_prefix([[1, 2], [1, 2, 3]]) == 1
-    assert _common_prefix([[5], [5, 6]]) == 0 and _common_prefix([[1, 2], [3, 2]]) == 0
+    assert common_prefix([[1, 2, 3], [1, 2, 4]]) == 2 and common_prefix([[1, 2], [1, 2, 3]]) == 1
+    assert common_prefix([[5], [5, 6]]) == 0 and common_prefix([[1, 2], [3, 2]]) == 0
     titler = load_export(exported, "f32", threads=1).titler
     texts = ["So, welcome back: today we fix the sink.", "Next, the budget for the second quarter.",
              "Right. " * 40 + "And that is how the pump works.", "Questions?", "Let us look at the results " * 3]
@@ -372,3 +372,140 @@ def test_a_registered_version_exports_and_is_logged_back(bundle: Path, settings:
     assert {"edge/q8_0/manifest.json", "edge/q8_0/llm", "edge/q8_0/encoder", "edge/q8_0/boundary"} <= logged
     with pytest.raises(LookupError):
         export_model("99", tmp_path / "none", ["q8_0"], settings)
+
+
+# --- the int8 ONNX title LM (export/onnx_llm.py, edge/onnx_decoder.py) ---------------------------
+
+PROMPT_TEXTS = ["So, welcome back: today we fix the sink.", "Next, the budget for the second quarter.",
+                "Right. " * 40 + "And that is how the pump works.", "Questions?", "Let us look at the results " * 3]
+
+
+def _prompt_batches(tok) -> list:
+    from chaptering.titles import title_messages
+
+    return [tok.apply_chat_template(title_messages(x)[:2], add_generation_prompt=True, return_tensors="pt",
+                                    return_dict=True) for x in PROMPT_TEXTS]
+
+
+def test_smoothing_flattens_activations_without_changing_the_model(merged):
+    """SmoothQuant's folding is exact in fp32 (same logits) and narrows the spread of the per-channel
+    activation maxima every projection sees: what lets one int8 scale per tensor keep the titles."""
+    import copy
+
+    import torch
+
+    from chaptering.export.onnx_llm import activation_maxima, smooth
+
+    model, tok = merged
+    smoothed = copy.deepcopy(model)
+    batches = _prompt_batches(tok)
+    before = activation_maxima(smoothed, batches)
+    smooth(smoothed, before)
+    after = activation_maxima(smoothed, batches)
+    assert set(before) == set(after) and len(before) == 4 * model.config.num_hidden_layers
+
+    def spread(x):
+        return float(x.max() / x.clamp(min=1e-6).min())
+
+    assert all(spread(after[k]) < spread(before[k]) for k in before), \
+        [(k, spread(before[k]), spread(after[k])) for k in before]
+    with torch.inference_mode():
+        for batch in batches:
+            assert torch.allclose(model(**batch).logits, smoothed(**batch).logits, atol=1e-4)
+
+
+@pytest.fixture(scope="session")
+def onnx_fp32(merged, tmp_path_factory) -> tuple[Path, dict]:
+    """The merged tiny model as the ONNX title graph, unquantised: its greedy tokens must be PyTorch's."""
+    _needs("onnxruntime", "onnx", "onnxruntime_genai", "onnx_ir")
+    from chaptering.export.onnx_llm import write_onnx_llm
+
+    model, tok = merged
+    work = tmp_path_factory.mktemp("onnx-llm")
+    model.save_pretrained(work / "merged", safe_serialization=True)
+    tok.save_pretrained(work / "merged")
+    info = write_onnx_llm(work / "merged", work / "out" / "title.onnx", work, quantize=False)
+    return work / "out" / "title.onnx", info
+
+
+@pytest.mark.edge
+def test_onnx_decoder_writes_pytorch_greedy_tokens_for_prompts_of_any_length(onnx_fp32, merged):
+    """Prompts of different lengths, prefilled alone after a shared prefix and then decoded together in
+    right-padded caches (more prompts than rows): every answer is the PyTorch model's greedy continuation,
+    and an answer shorter than the limit ended on a stop token."""
+    import torch
+
+    from chaptering.edge.onnx_decoder import OnnxDecoder
+
+    graph, info = onnx_fp32
+    assert info["precision"] == "fp32" and info["head_dim"] == 16 and info["kv_heads"] == 2
+    model, tok = merged
+    prompts = [b["input_ids"][0].tolist() for b in _prompt_batches(tok)]
+    assert len({len(p) for p in prompts}) > 2
+    stop = {int(tok.eos_token_id)}
+    decoder = OnnxDecoder(graph, info["head_dim"], threads=1, n_seq=2)
+    answers = decoder.generate(prompts, 8, stop)
+    assert decoder.generate(prompts, 8, stop) == answers  # nothing carried over between calls
+    for ids, out in zip(prompts, answers):
+        assert len(out) <= 8 and not set(out) & stop
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids + out])).logits[0]
+        for k, token in enumerate(out):
+            row = logits[len(ids) - 1 + k]
+            assert float(row.max() - row[token]) < 1e-3, (ids[-3:], k)
+        if len(out) < 8:
+            assert int(logits[-1].argmax()) in stop
+    one_by_one = [OnnxDecoder(graph, info["head_dim"], threads=1, n_seq=1).generate([p], 8, stop)[0]
+                  for p in prompts]
+    assert one_by_one == answers
+
+
+@pytest.fixture(scope="session")
+def exported_int8(bundle: Path, tiny_dir: Path, tmp_path_factory) -> Path:
+    _needs("onnxruntime", "onnx", "gguf", "onnxruntime_genai", "onnx_ir")
+    from chaptering.export import export_bundle
+
+    out = tmp_path_factory.mktemp("export-int8") / "tiny-edge-int8"
+    export_bundle(bundle, str(tiny_dir), out, ["int8", "q8_0"], tmp_path_factory.mktemp("export-int8-cache"))
+    return out
+
+
+@pytest.mark.edge
+def test_int8_export_places_the_pytorch_chapters_and_titles_them_without_torch(exported_int8: Path, bundle: Path,
+                                                                             fitted_boundary, settings,
+                                                                             tmp_path: Path):
+    """`--quant int8` writes the smoothed int8 ONNX graph beside the GGUF, the default is the first quant,
+    the runtime picks onnxruntime for it, places the PyTorch bundle's chapters and titles every chapter,
+    and the device-side CLI runs it with no torch imported."""
+    _needs("llama_cpp", "onnxruntime")
+    import onnx
+
+    from chaptering.edge import load_export
+    from chaptering.edge.titler import GGUFTitler, OnnxTitler
+    from chaptering.factory import load_chapterer
+
+    llm = _manifest(exported_int8)["llm"]
+    assert llm["default"] == "int8" and llm["files"] == {"int8": "llm/title-int8.onnx", "q8_0": "llm/title-q8_0.gguf"}
+    assert llm["onnx"]["precision"] == "int8-smoothquant"
+    ops = {n.op_type for n in onnx.load(str(exported_int8 / llm["files"]["int8"]), load_external_data=False).graph.node}
+    assert {"MatMulInteger", "MatMulNBits", "GroupQueryAttention", "Slice"} <= ops and "MatMul" not in ops
+    edge = load_export(exported_int8, threads=1)
+    assert isinstance(edge.titler, OnnxTitler) and isinstance(load_export(exported_int8, "q8_0").titler, GGUFTitler)
+    torch_path = load_chapterer(str(bundle), settings)
+    _, transcripts, _ = fitted_boundary
+    for t in transcripts[:5]:
+        want, got = torch_path.predict(t), edge.predict(t)
+        assert got.boundaries == want.boundaries, t.id
+        assert got.meta["titles_written"] + len(got.meta["repairs"]) == len(got.chapters)
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(t.model_dump_json() for t in transcripts[:2]) + "\n")
+    code = ("import sys, runpy; sys.argv = ['x', sys.argv[1], sys.argv[2], '--out', sys.argv[3], '--threads', '1'];"
+            "rc = 0\ntry:\n    runpy.run_module('chaptering.edge', run_name='__main__')\nexcept SystemExit as e:\n"
+            "    rc = e.code\nheavy = [m for m in ('torch', 'transformers', 'peft', 'mlflow') if m in sys.modules]\n"
+            "assert rc == 0 and not heavy, (rc, heavy)")
+    out = tmp_path / "pred.jsonl"
+    done = subprocess.run([sys.executable, "-c", code, str(exported_int8), str(src), str(out)], check=False,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and "(edge:int8)" in rows[0]["model"]

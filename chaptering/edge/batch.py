@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def _common_prefix(prompts: Sequence[Sequence[int]]) -> int:
+def common_prefix(prompts: Sequence[Sequence[int]]) -> int:
     """Tokens all prompts start with, leaving each at least one of its own (its logits are the answer's
     first token)."""
     n = min(len(p) for p in prompts) - 1
@@ -92,7 +92,7 @@ class BatchDecoder:
         llama_cpp.llama_memory_clear(memory, True)
         # The system and instruction tokens every title prompt starts with (~40 of ~190) are computed
         # once and shared: sequence 0's cells are marked as every other sequence's too.
-        shared = _common_prefix(prompts) if len(prompts) > 1 else 0
+        shared = common_prefix(prompts) if len(prompts) > 1 else 0
         if shared:
             for at in range(0, shared, self.n_batch):
                 self._run([(prompts[0][j], j, 0, False) for j in range(at, min(shared, at + self.n_batch))])

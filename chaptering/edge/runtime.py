@@ -1,5 +1,6 @@
 """An exported folder as a chapterer: the bundle's chapterer (boundary_chapterer.BoundaryChapterer) with
-the MiniLM on onnxruntime and the title LM on llama.cpp underneath; no PyTorch is imported.
+the MiniLM on onnxruntime and the title LM on llama.cpp (GGUF) or onnxruntime (int8 ONNX) underneath; no
+PyTorch is imported.
 
 Boundaries come from the same LightGBM text model and the same cue code (cues.py) fed by the ONNX
 encoder, decoded with the calibration in the manifest; titles from the GGUF, prompted as titles.py does.
@@ -39,7 +40,7 @@ def parse_spec(spec: str) -> tuple[Path, str | None]:
 
 def load_export(folder: Path, quant: str | None = None, threads: int | None = None,
                 checksums: bool = False, name: str | None = None) -> BoundaryChapterer:
-    """An exported folder -> chapterer. `quant` picks one of the GGUFs it holds (default: the first
+    """An exported folder -> chapterer. `quant` picks one of the title LMs it holds (default: the first
     exported); `checksums` hashes every file against the manifest (sizes are always checked)."""
     from chaptering.edge.encoder import OnnxEncoder
     from chaptering.titles import TITLE_PROMPT_VERSION
@@ -60,9 +61,10 @@ def load_export(folder: Path, quant: str | None = None, threads: int | None = No
         quant = quant or llm["default"]
         if quant not in llm["files"]:
             raise ValueError(f"{folder}: no {quant!r} GGUF; this export holds {', '.join(llm['files'])}")
-        from chaptering.edge.titler import GGUFTitler
+        from chaptering.edge.titler import GGUFTitler, OnnxTitler
 
-        titler = GGUFTitler(folder / llm["files"][quant], folder / llm["tokenizer"], llm, threads,
-                            max_new_tokens=int(llm.get("max_new_tokens", 16)))
+        engine = OnnxTitler if llm["files"][quant].endswith(".onnx") else GGUFTitler
+        titler = engine(folder / llm["files"][quant], folder / llm["tokenizer"], llm, threads,
+                        max_new_tokens=int(llm.get("max_new_tokens", 16)))
     label = f"edge:{quant}" if titler is not None else "edge"
     return BoundaryChapterer(boundary, titler, name or f"{manifest['source']['model']} ({label})")

@@ -1,11 +1,12 @@
-"""Chapter titles from the exported GGUF on llama.cpp: the prompt of titles.py, rendered with the chat
-template and split by the tokenizer the adapter was trained with, then greedy decoding.
+"""Chapter titles from the exported title LM, on llama.cpp (a GGUF) or onnxruntime (the int8 ONNX graph):
+the prompt of titles.py, rendered with the chat template and split by the tokenizer the adapter was
+trained with, then greedy decoding.
 
-Prompts are tokenized with `tokenizers` (the adapter's own tokenizer.json), not llama.cpp's tokenizer,
-so the token ids are exactly those the PyTorch titler feeds its model; llama.cpp only runs the network.
-A batch of chapters is decoded together (batch.py: one sequence per chapter, one forward pass per
-decoding step for all of them). `LLMTitler.titles` (the deadline checks between batches, the "" for
-chapters left untitled) is inherited, so the two runtimes title the same chapters the same way.
+Prompts are tokenized with `tokenizers` (the adapter's own tokenizer.json), not the engine's tokenizer,
+so the token ids are exactly those the PyTorch titler feeds its model; the engine only runs the network.
+A batch of chapters is decoded together (batch.py, onnx_decoder.py: one cache per chapter, one forward
+pass per decoding step for all of them). `LLMTitler.titles` (the deadline checks between batches, the ""
+for chapters left untitled) is inherited, so every runtime titles the same chapters the same way.
 """
 
 from __future__ import annotations
@@ -76,15 +77,16 @@ def load_llama(gguf: Path, n_ctx: int, threads: int, extra_buffers: bool = False
             high.llama_cpp.llama_model_default_params = default
 
 
-class GGUFTitler(LLMTitler):
-    """`LLMTitler` with llama.cpp underneath. `model` stays None: the service's deadline wrapper patches a
-    PyTorch `generate`, which this titler has not; it checks `should_stop` between batches instead.
-    `llm` (the high-level `Llama`) holds the weights and serves one-prompt callers; titles are written by
-    a `BatchDecoder` on the same weights, `batch_size` chapters per pass."""
+class EdgeTitler(LLMTitler):
+    """`LLMTitler` on an exported LM: the manifest's chat template, the adapter's tokenizer.json, and a
+    `decoder` (set by the subclass) whose `generate(prompt ids, max_new, stop ids)` writes the titles.
+    `model` stays None: the service's deadline wrapper patches a PyTorch `generate`, which this titler has
+    not; it checks `should_stop` between batches instead."""
 
-    def __init__(self, gguf: Path, tokenizer: Path, llm: Mapping[str, Any], threads: int | None = None,
-                 max_new_tokens: int = MAX_TITLE_TOKENS, n_ctx: int = 512, batch_size: int = 8,
-                 cells_per_title: int = 320) -> None:
+    decoder: Any
+
+    def __init__(self, tokenizer: Path, llm: Mapping[str, Any], threads: int | None,
+                 max_new_tokens: int, batch_size: int) -> None:
         import os
 
         from tokenizers import Tokenizer
@@ -93,7 +95,43 @@ class GGUFTitler(LLMTitler):
                          batch_size=batch_size)
         self.template, self.specials = str(llm["chat_template"]), dict(llm.get("special_tokens", {}))
         self.stop_ids = {int(i) for i in llm["stop_ids"]}
-        self.threads, self.n_ctx, self.cells_per_title = threads or os.cpu_count() or 1, n_ctx, cells_per_title
+        self.threads = threads or os.cpu_count() or 1
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """Token ids of one chapter's title prompt, as the PyTorch titler builds them."""
+        prompt = render_chat(self.template, title_messages(text)[:2], self.specials)
+        return list(self.tok.encode(prompt, add_special_tokens=False).ids)
+
+    def _batch(self, texts: Sequence[str]) -> list[str]:
+        answers = self.decoder.generate([self.prompt_ids(x) for x in texts], self.max_new_tokens, self.stop_ids)
+        return [clean_title(self.tok.decode(out, skip_special_tokens=True).strip().split("\n")[0])
+                for out in answers]
+
+
+class OnnxTitler(EdgeTitler):
+    """Titles from the int8 ONNX graph on onnxruntime (export/onnx_llm.py), `batch_size` chapters a pass."""
+
+    def __init__(self, graph: Path, tokenizer: Path, llm: Mapping[str, Any], threads: int | None = None,
+                 max_new_tokens: int = MAX_TITLE_TOKENS, batch_size: int = 8) -> None:
+        from chaptering.edge.onnx_decoder import OnnxDecoder
+
+        super().__init__(tokenizer, llm, threads, max_new_tokens, batch_size)
+        self.decoder = OnnxDecoder(graph, int(llm["onnx"]["head_dim"]), self.threads, n_seq=batch_size)
+
+    def resize(self, batch_size: int) -> None:
+        self.batch_size = self.decoder.n_seq = batch_size
+
+
+class GGUFTitler(EdgeTitler):
+    """Titles from a GGUF on llama.cpp. `llm` (the high-level `Llama`) holds the weights and serves
+    one-prompt callers; titles are written by a `BatchDecoder` on the same weights, `batch_size` chapters
+    per pass."""
+
+    def __init__(self, gguf: Path, tokenizer: Path, llm: Mapping[str, Any], threads: int | None = None,
+                 max_new_tokens: int = MAX_TITLE_TOKENS, n_ctx: int = 512, batch_size: int = 8,
+                 cells_per_title: int = 320) -> None:
+        super().__init__(tokenizer, llm, threads, max_new_tokens, batch_size)
+        self.n_ctx, self.cells_per_title = n_ctx, cells_per_title
         self.llm = load_llama(gguf, n_ctx=n_ctx, threads=self.threads)
         self.decoder = self._decoder(batch_size)
 
@@ -109,13 +147,3 @@ class GGUFTitler(LLMTitler):
         """Titles `batch_size` chapters per pass from now on (a new batch decoder on the same weights)."""
         self.decoder.close()
         self.batch_size, self.decoder = batch_size, self._decoder(batch_size)
-
-    def prompt_ids(self, text: str) -> list[int]:
-        """Token ids of one chapter's title prompt, as the PyTorch titler builds them."""
-        prompt = render_chat(self.template, title_messages(text)[:2], self.specials)
-        return list(self.tok.encode(prompt, add_special_tokens=False).ids)
-
-    def _batch(self, texts: Sequence[str]) -> list[str]:
-        answers = self.decoder.generate([self.prompt_ids(x) for x in texts], self.max_new_tokens, self.stop_ids)
-        return [clean_title(self.tok.decode(out, skip_special_tokens=True).strip().split("\n")[0])
-                for out in answers]

@@ -45,6 +45,7 @@ def export_bundle(bundle: Path, base: str, out: Path, quants: Sequence[str], cac
     from chaptering.boundary_chapterer import ADAPTER_DIR, BOUNDARY_DIR, is_bundle
     from chaptering.export.encoder import check_precision, export_encoder
     from chaptering.export.gguf_llama import file_type
+    from chaptering.export.onnx_llm import QUANTS as ONNX_QUANTS
     from chaptering.titles import TITLE_PROMPT_VERSION
 
     bundle, out = Path(bundle), Path(out)
@@ -53,7 +54,8 @@ def export_bundle(bundle: Path, base: str, out: Path, quants: Sequence[str], cac
     quants = list(dict.fromkeys(quants)) or ["q8_0"]
     check_precision(encoder)
     for q in quants:
-        file_type(q)  # unknown names fail before minutes of work
+        if q not in ONNX_QUANTS:
+            file_type(q)  # unknown names fail before minutes of work
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
         raise FileExistsError(f"{out}: exists and is not an export folder; choose an empty or new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -88,8 +90,11 @@ def export_bundle(bundle: Path, base: str, out: Path, quants: Sequence[str], cac
 def export_llm(adapter: Path, base: str, cache_dir: Path, out: Path, quants: Sequence[str],
                work: Path) -> dict[str, Any]:
     """Merge the LoRA adapter into its base (PEFT merge_and_unload), save it as a plain HF folder and
-    convert that to one GGUF per quantisation; the tokenizer.json and chat template travel beside them."""
+    convert that to one GGUF per quantisation (`int8`: an ONNX graph for onnxruntime, export/onnx_llm.py);
+    the tokenizer.json and chat template travel beside them."""
     from chaptering.export.gguf_llama import write_gguf
+    from chaptering.export.onnx_llm import QUANTS as ONNX_QUANTS
+    from chaptering.export.onnx_llm import write_onnx_llm
     from chaptering.models import load_adapted
     from chaptering.titles import MAX_TITLE_TOKENS
 
@@ -104,8 +109,12 @@ def export_llm(adapter: Path, base: str, cache_dir: Path, out: Path, quants: Seq
                       or {int(tok.eos_token_id)})
     del model
     out.mkdir(parents=True)
-    files = {}
+    files, onnx = {}, None
     for q in quants:
+        if q in ONNX_QUANTS:
+            files[q] = f"llm/title-{q}.onnx"
+            onnx = write_onnx_llm(merged, out / f"title-{q}.onnx", work)
+            continue
         files[q] = f"llm/title-{q}.gguf"
         write_gguf(merged, out / f"title-{q}.gguf", q, name=f"chaptering-titles-{q}")
     shutil.copy2(merged / "tokenizer.json", out / "tokenizer.json")
@@ -113,6 +122,8 @@ def export_llm(adapter: Path, base: str, cache_dir: Path, out: Path, quants: Seq
            "chat_template": tok.chat_template,
            "special_tokens": {k: str(v) for k, v in tok.special_tokens_map.items() if isinstance(v, str)},
            "stop_ids": stop_ids, "max_new_tokens": MAX_TITLE_TOKENS, "base_model": base}
+    if onnx:
+        llm["onnx"] = onnx
     _check_prompt_parity(tok, out / "tokenizer.json", llm)
     return llm
 
