@@ -415,21 +415,33 @@ def test_smoothing_flattens_activations_without_changing_the_model(merged):
 
 
 @pytest.fixture(scope="session")
-def onnx_fp32(merged, tmp_path_factory) -> tuple[Path, dict]:
-    """The merged tiny model as the ONNX title graph, unquantised: its greedy tokens must be PyTorch's."""
+def onnx_fp32(merged, tmp_path_factory):
+    """A tiny Llama whose greedy answers depend on the prompt (the merged tiny model's projections redrawn
+    at unit gain: at init scale every prompt continues with the same newline), as the unquantised ONNX
+    title graph: its greedy tokens must be PyTorch's. -> (graph, info, model, tokenizer)."""
     _needs("onnxruntime", "onnx", "onnxruntime_genai", "onnx_ir")
+    import copy
+
+    import torch
+
     from chaptering.export.onnx_llm import write_onnx_llm
 
     model, tok = merged
+    model = copy.deepcopy(model).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "embed" not in name:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
     work = tmp_path_factory.mktemp("onnx-llm")
     model.save_pretrained(work / "merged", safe_serialization=True)
     tok.save_pretrained(work / "merged")
     info = write_onnx_llm(work / "merged", work / "out" / "title.onnx", work, quantize=False)
-    return work / "out" / "title.onnx", info
+    return work / "out" / "title.onnx", info, model, tok
 
 
 @pytest.mark.edge
-def test_onnx_decoder_writes_pytorch_greedy_tokens_for_prompts_of_any_length(onnx_fp32, merged):
+def test_onnx_decoder_writes_pytorch_greedy_tokens_for_prompts_of_any_length(onnx_fp32):
     """Prompts of different lengths, prefilled alone after a shared prefix and then decoded together in
     right-padded caches (more prompts than rows): every answer is the PyTorch model's greedy continuation,
     and an answer shorter than the limit ended on a stop token."""
@@ -437,14 +449,14 @@ def test_onnx_decoder_writes_pytorch_greedy_tokens_for_prompts_of_any_length(onn
 
     from chaptering.edge.onnx_decoder import OnnxDecoder
 
-    graph, info = onnx_fp32
+    graph, info, model, tok = onnx_fp32
     assert info["precision"] == "fp32" and info["head_dim"] == 16 and info["kv_heads"] == 2
-    model, tok = merged
     prompts = [b["input_ids"][0].tolist() for b in _prompt_batches(tok)]
     assert len({len(p) for p in prompts}) > 2
     stop = {int(tok.eos_token_id)}
     decoder = OnnxDecoder(graph, info["head_dim"], threads=1, n_seq=2)
     answers = decoder.generate(prompts, 8, stop)
+    assert len({tuple(a) for a in answers}) == len(answers)  # the answers depend on the prompts
     assert decoder.generate(prompts, 8, stop) == answers  # nothing carried over between calls
     for ids, out in zip(prompts, answers):
         assert len(out) <= 8 and not set(out) & stop
@@ -452,7 +464,7 @@ def test_onnx_decoder_writes_pytorch_greedy_tokens_for_prompts_of_any_length(onn
             logits = model(torch.tensor([ids + out])).logits[0]
         for k, token in enumerate(out):
             row = logits[len(ids) - 1 + k]
-            assert float(row.max() - row[token]) < 1e-3, (ids[-3:], k)
+            assert float(row.max() - row[token]) < 1e-4, (ids[-3:], k)
         if len(out) < 8:
             assert int(logits[-1].argmax()) in stop
     one_by_one = [OnnxDecoder(graph, info["head_dim"], threads=1, n_seq=1).generate([p], 8, stop)[0]
