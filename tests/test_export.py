@@ -472,6 +472,52 @@ def test_onnx_decoder_writes_pytorch_greedy_tokens_for_prompts_of_any_length(onn
     assert one_by_one == answers
 
 
+@pytest.mark.edge
+def test_int8_graph_keeps_the_pytorch_logits_with_embeddings_read_from_the_int8_head(onnx_fp32, tmp_path: Path):
+    """The quantised graph (smoothed, int8 projections, int8 blocks for down_proj and lm_head, embeddings
+    decoded from lm_head's blocks) gives last-position logits close to PyTorch's, and holds no fp32
+    embedding table."""
+    import numpy as np
+    import onnx
+    import torch
+
+    from chaptering.edge.onnx_decoder import OnnxDecoder
+    from chaptering.export.onnx_llm import write_onnx_llm
+
+    graph, _, model, tok = onnx_fp32
+    info = write_onnx_llm(graph.parent.parent / "merged", tmp_path / "int8.onnx", tmp_path / "work")
+    assert info["precision"] == "int8-smoothquant"
+    proto = onnx.load(str(tmp_path / "int8.onnx"), load_external_data=False)
+    vocab, hidden = model.config.vocab_size, model.config.hidden_size
+    assert not [i.name for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT
+                and sorted(i.dims) == sorted([vocab, hidden])]
+    assert "/model/embed_tokens/GatherCodes" in {n.name for n in proto.graph.node}
+    decoder = OnnxDecoder(tmp_path / "int8.onnx", info["head_dim"], threads=1)
+    for batch in _prompt_batches(tok):
+        ids = batch["input_ids"][0].tolist()
+        got, _ = decoder._run(np.array([ids], np.int64), np.ones((1, len(ids)), np.int64), decoder._empty(1))
+        with torch.inference_mode():
+            want = model(torch.tensor([ids])).logits[0, -1].numpy()
+        cosine = float(got[0] @ want / (np.linalg.norm(got[0]) * np.linalg.norm(want)))
+        assert cosine > 0.995, cosine
+    # the embedding rows are lm_head's int8 blocks dequantised: within half a quantisation step of PyTorch's
+    import onnxruntime as ort
+    from onnx import helper
+
+    full = onnx.load(str(tmp_path / "int8.onnx"))
+    nodes = [n for n in full.graph.node if n.name.startswith("/model/embed_tokens/")]
+    used = {i for n in nodes for i in n.input}
+    sub = helper.make_graph(nodes, "embeddings", [next(i for i in full.graph.input if i.name == "input_ids")],
+                            [helper.make_tensor_value_info(nodes[-1].output[0], onnx.TensorProto.FLOAT, None)],
+                            [i for i in full.graph.initializer if i.name in used])
+    sub_model = helper.make_model(sub, opset_imports=list(full.opset_import))
+    ids = np.array([[0, 1, 2, 500, 4000, vocab - 1]], np.int64)
+    got = ort.InferenceSession(sub_model.SerializeToString()).run(None, {"input_ids": ids})[0][0]
+    table = model.get_input_embeddings().weight.detach().numpy()[ids[0]]
+    step = np.abs(table).reshape(len(ids[0]), -1, 32).max(-1, keepdims=True) / 127
+    assert (np.abs(got - table).reshape(step.shape[0], -1, 32) <= step / 2 + 1e-7).all()
+
+
 @pytest.fixture(scope="session")
 def exported_int8(bundle: Path, tiny_dir: Path, tmp_path_factory) -> Path:
     _needs("onnxruntime", "onnx", "gguf", "onnxruntime_genai", "onnx_ir")

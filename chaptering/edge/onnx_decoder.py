@@ -66,8 +66,6 @@ class OnnxDecoder:
         return int(logits[0].argmax()), present
 
     def _generate(self, prompts: Sequence[Sequence[int]], max_new: int, stop: set[int]) -> list[list[int]]:
-        import numpy as np
-
         shared = common_prefix(prompts) if len(prompts) > 1 else 0
         prefix = self._prefill(prompts[0][:shared], self._empty(1))[1] if shared else self._empty(1)
         following, caches = [], []
@@ -75,7 +73,6 @@ class OnnxDecoder:
             token, cache = self._prefill(p[shared:], prefix)
             following.append(token)
             caches.append(cache)
-        lengths = [len(p) for p in prompts]
         answers: list[list[int]] = [[] for _ in prompts]
         active = [s for s in range(len(prompts)) if following[s] not in stop]
         for s in active:
@@ -83,31 +80,47 @@ class OnnxDecoder:
         active = [s for s in active if len(answers[s]) < max_new]
         if not active:
             return answers
-        # Stack the caches of the unfinished prompts, right-padded to the longest.
-        width = max(lengths[s] for s in active)
-        past = []
+        return self._decode(active, caches, [len(p) for p in prompts], answers, max_new, stop)
+
+    def _decode(self, rows: list[int], caches: list[list[Any]], lengths: list[int], answers: list[list[int]],
+                max_new: int, stop: set[int]) -> list[list[int]]:
+        """Decode `rows` together. Their caches are copied once into buffers of the final width that the
+        graph reads as past and writes as present (GroupQueryAttention shares them and writes each row's
+        new entry at that row's length), so a step copies no cache. A finished row stays in the batch, its
+        mask frozen, until every row is done."""
+        import numpy as np
+        import onnxruntime as ort
+
+        width = max(lengths[s] for s in rows) + max_new
+        buffers = []
         for layer in range(len(self.past_names)):
-            buf = np.zeros((len(active), self.kv_heads, width, self.head_dim), np.float32)
-            for row, s in enumerate(active):
+            buf = np.zeros((len(rows), self.kv_heads, width, self.head_dim), np.float32)
+            for row, s in enumerate(rows):
                 buf[row, :, :lengths[s]] = caches[s][layer][0]
-            past.append(buf)
-        rows = list(active)
-        while rows:
-            width = past[0].shape[2] + 1
-            mask = np.zeros((len(rows), width), np.int64)
+            buffers.append(ort.OrtValue.ortvalue_from_numpy(buf))
+        binding = self.session.io_binding()
+        binding.bind_output("logits")  # first bound: get_outputs()[0]
+        for past, present, buf in zip(self.past_names, self.present_names, buffers):
+            binding.bind_ortvalue_input(past, buf)
+            binding.bind_ortvalue_output(present, buf)
+        going = set(range(len(rows)))
+        while going:
+            total = max(lengths[s] for s in rows) + 1
+            mask = np.zeros((len(rows), total), np.int64)
             for row, s in enumerate(rows):
                 mask[row, :lengths[s] + 1] = 1
-            logits, past = self._run(np.array([[answers[s][-1]] for s in rows], np.int64), mask, past)
-            keep = []
-            for row, s in enumerate(rows):
+            binding.bind_cpu_input("input_ids", np.array([[answers[s][-1]] for s in rows], np.int64))
+            binding.bind_cpu_input("attention_mask", mask)
+            self.session.run_with_iobinding(binding)
+            logits = binding.get_outputs()[0].numpy()[:, -1, :]
+            for row in sorted(going):
+                s = rows[row]
                 lengths[s] += 1
                 token = int(logits[row].argmax())
                 if token in stop:
+                    going.discard(row)
                     continue
                 answers[s].append(token)
-                if len(answers[s]) < max_new:
-                    keep.append(row)
-            if len(keep) < len(rows):
-                past = [p[keep] for p in past]
-                rows = [rows[k] for k in keep]
+                if len(answers[s]) >= max_new:
+                    going.discard(row)
         return answers

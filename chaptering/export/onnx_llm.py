@@ -78,6 +78,7 @@ def write_onnx_llm(merged: Path, out: Path, work: Path, quantize: bool = True) -
     graph = _load(fp32 / "model.onnx")
     if quantize:
         graph = _quantize(graph, work / "onnx-int8")
+        _embeddings_from_int8_head(graph)
     _last_position_logits(graph)
     out.parent.mkdir(parents=True, exist_ok=True)
     _save(graph, out)
@@ -182,6 +183,7 @@ def _save(graph: Any, path: Path) -> None:
 
     onnx.save(graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
               location=f"{path.name}.data", size_threshold=1024)
+    (path.parent / f"{path.name}.data").chmod(0o644)  # onnx creates it private; the folder ships to others
 
 
 def _quantize(graph: Any, work: Path) -> Any:
@@ -203,6 +205,44 @@ def _quantize(graph: Any, work: Path) -> Any:
                                                             algo_config=config)
     quantizer.process()
     return quantizer.model.model
+
+
+def _embeddings_from_int8_head(graph: Any) -> None:
+    """The embeddings are tied to lm_head: read them from lm_head's int8 blocks instead of an fp32 copy
+    (113 MB for SmolLM2, and onnxruntime would fold the Transpose into another 113 MB at load).
+    row v = (code - 128) * scale per block of 32, as MatMulNBits dequantises it (symmetric 8-bit)."""
+    from onnx import TensorProto, helper
+
+    nodes = list(graph.graph.node)
+    head = next(n for n in nodes if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/"))
+    codes, scales = head.input[1], head.input[2]
+    gather = next(n for n in nodes if n.name == "/model/embed_tokens/Gather")
+    transpose = next((n for n in nodes if n.output[0] == gather.input[0] and n.op_type == "Transpose"), None)
+    if transpose is None:  # untied embeddings: nothing to share
+        return
+    ids, at = gather.input[1], nodes.index(gather)
+    graph.graph.initializer.extend([helper.make_tensor("embed_zero_point", TensorProto.FLOAT, [], [128.0]),
+                                    helper.make_tensor("embed_last_axis", TensorProto.INT64, [1], [-1]),
+                                    helper.make_tensor("embed_shape", TensorProto.INT64, [3], [0, 0, -1])])
+    new = [helper.make_node("Gather", [codes, ids], ["embed_codes"], name="/model/embed_tokens/GatherCodes"),
+           helper.make_node("Cast", ["embed_codes"], ["embed_codes_f"], to=TensorProto.FLOAT,
+                            name="/model/embed_tokens/Cast"),
+           helper.make_node("Sub", ["embed_codes_f", "embed_zero_point"], ["embed_centred"],
+                            name="/model/embed_tokens/Sub"),
+           helper.make_node("Gather", [scales, ids], ["embed_scales"], name="/model/embed_tokens/GatherScales"),
+           helper.make_node("Unsqueeze", ["embed_scales", "embed_last_axis"], ["embed_scales_1"],
+                            name="/model/embed_tokens/Unsqueeze"),
+           helper.make_node("Mul", ["embed_centred", "embed_scales_1"], ["embed_blocks"],
+                            name="/model/embed_tokens/Mul"),
+           helper.make_node("Reshape", ["embed_blocks", "embed_shape"], [gather.output[0]],
+                            name="/model/embed_tokens/Reshape")]
+    for node in (gather, transpose):
+        graph.graph.node.remove(node)
+    for k, node in enumerate(new):
+        graph.graph.node.insert(at - 1 + k, node)
+    fp32 = transpose.input[0]
+    if not any(fp32 in n.input for n in graph.graph.node):
+        graph.graph.initializer.remove(next(i for i in graph.graph.initializer if i.name == fp32))
 
 
 def _last_position_logits(graph: Any) -> None:
