@@ -23,13 +23,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) -e '.[dev]'
 	touch $@
 
-# The on-device extra, for the tests and `chaptering export` (make run does not need it).
+# The on-device extra and the export's, for the tests and `chaptering export` (make run needs neither).
 setup-edge: $(VENV)/.edge-installed
 
 $(VENV)/.edge-installed: $(VENV)/.installed
 	mkdir -p $(WHEELHOUSE)
 	ls $(WHEELHOUSE)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || $(PY) -m pip wheel --no-deps -q -w $(WHEELHOUSE) $(LLAMA_CPP)
-	$(EDGE_LINKS) $(PIP) -e '.[dev,edge]'
+	$(EDGE_LINKS) $(PIP) -e '.[dev,edge,export]'
 	touch $@
 
 run: setup

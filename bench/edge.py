@@ -3,8 +3,8 @@
   parity: boundaries on every held-out transcript (data/eval/heldout.jsonl): how often the PyTorch path
           (MiniLM on PyTorch) and the export (ONNX MiniLM) place identical starts, primary F1 of each per
           domain and the headline difference; titles on the first N transcripts of each domain: ROUGE-L
-          between the PyTorch titler and each GGUF quantisation on the same chapters, and against the
-          reference titles.
+          between the PyTorch titler and each exported title LM (GGUF, or int8 ONNX) on the same chapters,
+          and against the reference titles.
   speed:  each runtime in a fresh process: load time, cold start (process spawn to the first answer on a
           10-minute transcript), latency on 10- and 60-minute transcripts, peak RSS (VmHWM).
 
@@ -91,7 +91,7 @@ def boundary_parity(transcripts: list[Any], bundle: Path, export: Path, cache_di
     lines = [f"## Boundaries: {len(transcripts)} held-out transcripts ({time.perf_counter() - t0:.0f} s)", "",
              (f"Headline (macro F1 over domains): PyTorch {heads['torch']:.4f}, export {heads['export']:.4f}, "
              f"Δ {heads['export'] - heads['torch']:+.4f}. The trees, features and decoder are shared, so this "
-             "holds for every quantisation (q8_0, q4_k_m, f16): the GGUF only writes titles."), "",
+             "holds for every quantisation (q8_0, q4_k_m, f16, int8): the title LM only writes titles."), "",
              "| domain | n | identical starts | F1 PyTorch | F1 export | Δ F1 |", "|---|---|---|---|---|---|"]
     for d in [*sorted({domain_of(t) for t in transcripts}), "all"]:
         f = {k: [r["f1"] for r in v if d in ("all", r["domain"])] for k, v in rows.items()}
@@ -103,7 +103,7 @@ def boundary_parity(transcripts: list[Any], bundle: Path, export: Path, cache_di
 
 def title_parity(transcripts: list[Any], bundle: Path, base: str, export: Path, quants: list[str],
                  cache_dir: Path, threads: int | None) -> list[str]:
-    """Titles of the same chapters (the PyTorch starts) from the PyTorch titler and each GGUF: ROUGE-L
+    """Titles of the same chapters (the PyTorch starts) from the PyTorch titler and each exported title LM: ROUGE-L
     between them, identical share, and each one's ROUGE-L against the reference titles."""
     from chaptering.boundary import BoundaryModel
     from chaptering.boundary_chapterer import load_titler
