@@ -1,5 +1,6 @@
 """The exported folder runs where PyTorch is not installed: a fresh venv with chaptering (--no-deps) and
-only the on-device extra runs `python -m chaptering.edge` and places the PyTorch bundle's chapters.
+only the on-device extra runs `python -m chaptering.edge` and places the PyTorch bundle's chapters; the
+int8 ONNX title LM runs there without llama-cpp-python too.
 
 Slow the first time (pip downloads the extra; llama-cpp-python compiles unless pip's wheel cache or
 state/cache/wheels holds its wheel), about a minute after that.
@@ -37,6 +38,7 @@ def _run(cmd: list[str], timeout: int, cwd: Path | None = None) -> subprocess.Co
 def test_export_runs_in_a_fresh_venv_without_torch(fitted_boundary, adapter_dir, tiny_dir, tmp_path):
     pytest.importorskip("llama_cpp")
     pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime_genai")
     from chaptering.boundary_chapterer import load_bundle, write_bundle
     from chaptering.export import export_bundle
     from chaptering.io import write_jsonl
@@ -44,7 +46,7 @@ def test_export_runs_in_a_fresh_venv_without_torch(fitted_boundary, adapter_dir,
     model, transcripts, _ = fitted_boundary
     bundle = write_bundle(tmp_path / "bundle", model, adapter_dir)
     folder = tmp_path / "edge"
-    export_bundle(bundle, str(tiny_dir), folder, ["q8_0"], tmp_path / "cache")
+    export_bundle(bundle, str(tiny_dir), folder, ["q8_0", "int8"], tmp_path / "cache")
     picked = transcripts[:3]
     src = tmp_path / "in.jsonl"
     write_jsonl(src, [json.loads(t.model_dump_json()) for t in picked])
@@ -65,9 +67,22 @@ def test_export_runs_in_a_fresh_venv_without_torch(fitted_boundary, adapter_dir,
     done = _run([str(py), "-m", "chaptering.edge", str(folder), str(src), "--out", str(out), "--verify",
                  "--threads", "1"], 600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
     torch_path = load_bundle(bundle, "torch", str(tiny_dir), tmp_path / "cache")
-    assert [r["id"] for r in rows] == [t.id for t in picked]
-    for r, t in zip(rows, picked):
-        assert [c["start_segment"] for c in r["chapters"]] == torch_path.predict(t).boundaries
-        assert all(c["title"] for c in r["chapters"])
+    want = [torch_path.predict(t).boundaries for t in picked]
+
+    def check(rows: list[dict]) -> None:
+        assert [r["id"] for r in rows] == [t.id for t in picked]
+        for r, starts in zip(rows, want):
+            assert [c["start_segment"] for c in r["chapters"]] == starts
+            assert all(c["title"] for c in r["chapters"])
+
+    check([json.loads(line) for line in out.read_text().splitlines()])
+    # the int8 ONNX title LM needs onnxruntime only: llama_cpp made unimportable
+    code = ("import sys, runpy; sys.modules['llama_cpp'] = None; sys.argv = ['x', *sys.argv[1:]];"
+            "runpy.run_module('chaptering.edge', run_name='__main__')")
+    done = _run([str(py), "-c", code, str(folder), str(src), "--out", str(out), "--quant", "int8", "--threads", "1"],
+                600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    check(rows)
+    assert "(edge:int8)" in rows[0]["model"]
