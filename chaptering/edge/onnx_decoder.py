@@ -3,9 +3,9 @@
 The graph is onnxruntime-genai's Llama layout (export/onnx_llm.py): inputs `input_ids`, `attention_mask`
 and `past_key_values.N.key/value`, outputs `logits` (last position only) and `present.N.key/value`, with
 GroupQueryAttention reading each row's length from its attention mask. So prompts of different lengths
-decode together: each prompt is prefilled alone (no padding to compute), then their caches are stacked,
-right-padded, and every decoding step runs all unfinished titles in one pass, each row's mask telling the
-attention where its own cache ends. The system and instruction tokens every title prompt starts with are
+decode together: each prompt is prefilled alone (no padding to compute) and its cache copied into its row
+of right-padded buffers, then every decoding step runs all unfinished titles in one pass, each row's mask
+telling the attention where its own cache ends. The system and instruction tokens every title prompt starts with are
 prefilled once and their cache reused by every prompt, as batch.py does on llama.cpp.
 """
 
@@ -66,61 +66,57 @@ class OnnxDecoder:
         return int(logits[0].argmax()), present
 
     def _generate(self, prompts: Sequence[Sequence[int]], max_new: int, stop: set[int]) -> list[list[int]]:
+        """Prefill each prompt alone and copy its cache straight into its row of the batch buffers (holding
+        every prompt's cache at once first cost ~9 MB a SmolLM2 prompt on top of the buffers), then decode
+        the rows together."""
+        import numpy as np
+
         shared = common_prefix(prompts) if len(prompts) > 1 else 0
         prefix = self._prefill(prompts[0][:shared], self._empty(1))[1] if shared else self._empty(1)
-        following, caches = [], []
-        for p in prompts:
-            token, cache = self._prefill(p[shared:], prefix)
-            following.append(token)
-            caches.append(cache)
+        width = max(len(p) for p in prompts) + max_new
+        buffers = [np.zeros((len(prompts), self.kv_heads, width, self.head_dim), np.float32)
+                   for _ in self.past_names]
         answers: list[list[int]] = [[] for _ in prompts]
-        active = [s for s in range(len(prompts)) if following[s] not in stop]
-        for s in active:
-            answers[s].append(following[s])
-        active = [s for s in active if len(answers[s]) < max_new]
-        if not active:
-            return answers
-        return self._decode(active, caches, [len(p) for p in prompts], answers, max_new, stop)
+        for row, p in enumerate(prompts):
+            token, cache = self._prefill(p[shared:], prefix)
+            for buf, layer in zip(buffers, cache):
+                buf[row, :, :len(p)] = layer[0]
+            if token not in stop:
+                answers[row].append(token)
+        going = {row for row, a in enumerate(answers) if a and len(a) < max_new}
+        if going:
+            self._decode(buffers, [len(p) for p in prompts], going, answers, max_new, stop)
+        return answers
 
-    def _decode(self, rows: list[int], caches: list[list[Any]], lengths: list[int], answers: list[list[int]],
-                max_new: int, stop: set[int]) -> list[list[int]]:
-        """Decode `rows` together. Their caches are copied once into buffers of the final width that the
-        graph reads as past and writes as present (GroupQueryAttention shares them and writes each row's
-        new entry at that row's length), so a step copies no cache. A finished row stays in the batch, its
-        mask frozen, until every row is done."""
+    def _decode(self, buffers: list[Any], lengths: list[int], going: set[int], answers: list[list[int]],
+                max_new: int, stop: set[int]) -> None:
+        """Decode the rows in `going` until each stops. The graph reads `buffers` as past and writes them
+        as present (GroupQueryAttention shares them and writes each row's new entry at that row's length),
+        so a step copies no cache; rows already done stay in the batch with their mask frozen."""
         import numpy as np
         import onnxruntime as ort
 
-        width = max(lengths[s] for s in rows) + max_new
-        buffers = []
-        for layer in range(len(self.past_names)):
-            buf = np.zeros((len(rows), self.kv_heads, width, self.head_dim), np.float32)
-            for row, s in enumerate(rows):
-                buf[row, :, :lengths[s]] = caches[s][layer][0]
-            buffers.append(ort.OrtValue.ortvalue_from_numpy(buf))
         binding = self.session.io_binding()
         binding.bind_output("logits")  # first bound: get_outputs()[0]
         for past, present, buf in zip(self.past_names, self.present_names, buffers):
-            binding.bind_ortvalue_input(past, buf)
-            binding.bind_ortvalue_output(present, buf)
-        going = set(range(len(rows)))
+            value = ort.OrtValue.ortvalue_from_numpy(buf)
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)
+        rows = len(lengths)
         while going:
-            total = max(lengths[s] for s in rows) + 1
-            mask = np.zeros((len(rows), total), np.int64)
-            for row, s in enumerate(rows):
-                mask[row, :lengths[s] + 1] = 1
-            binding.bind_cpu_input("input_ids", np.array([[answers[s][-1]] for s in rows], np.int64))
+            mask = np.zeros((rows, max(lengths) + 1), np.int64)
+            for row in range(rows):
+                mask[row, :lengths[row] + 1] = 1
+            binding.bind_cpu_input("input_ids", np.array([[a[-1] if a else 0] for a in answers], np.int64))
             binding.bind_cpu_input("attention_mask", mask)
             self.session.run_with_iobinding(binding)
             logits = binding.get_outputs()[0].numpy()[:, -1, :]
             for row in sorted(going):
-                s = rows[row]
-                lengths[s] += 1
+                lengths[row] += 1
                 token = int(logits[row].argmax())
                 if token in stop:
                     going.discard(row)
                     continue
-                answers[s].append(token)
-                if len(answers[s]) >= max_new:
+                answers[row].append(token)
+                if len(answers[row]) >= max_new:
                     going.discard(row)
-        return answers
