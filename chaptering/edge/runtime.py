@@ -3,7 +3,8 @@ the MiniLM on onnxruntime and the title LM on llama.cpp (GGUF) or onnxruntime (i
 PyTorch is imported.
 
 Boundaries come from the same LightGBM text model and the same cue code (cues.py) fed by the ONNX
-encoder, decoded with the calibration in the manifest; titles from the GGUF, prompted as titles.py does.
+encoder, decoded with the calibration in the manifest; titles from the exported title LM, prompted as
+titles.py does.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def load_export(folder: Path, quant: str | None = None, threads: int | None = No
     if llm:
         quant = quant or llm["default"]
         if quant not in llm["files"]:
-            raise ValueError(f"{folder}: no {quant!r} GGUF; this export holds {', '.join(llm['files'])}")
+            raise ValueError(f"{folder}: no {quant!r} title LM; this export holds {', '.join(llm['files'])}")
         from chaptering.edge.titler import GGUFTitler, OnnxTitler
 
         engine = OnnxTitler if llm["files"][quant].endswith(".onnx") else GGUFTitler
