@@ -21,8 +21,8 @@ from typing import Any
 
 from chaptering.edge.manifest import FORMAT, MANIFEST_FILE, file_entries
 
-_VERSIONED = ("chaptering", "torch", "transformers", "peft", "gguf", "onnx", "onnxruntime", "tokenizers",
-              "lightgbm", "llama_cpp_python", "numpy")
+_VERSIONED = ("chaptering", "torch", "transformers", "peft", "gguf", "onnx", "onnxruntime", "onnxruntime_genai",
+              "tokenizers", "lightgbm", "llama_cpp_python", "numpy")
 
 
 def versions() -> dict[str, str]:

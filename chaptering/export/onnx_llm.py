@@ -68,16 +68,16 @@ def write_onnx_llm(merged: Path, out: Path, work: Path, quantize: bool = True) -
     import json
 
     merged, out, work = Path(merged), Path(out), Path(work) / "onnx"
-    smoothed = work / "onnx-smoothed"
+    smoothed = work / "smoothed"
     if quantize:
         smooth_folder(merged, smoothed)
     else:
         shutil.copytree(merged, smoothed)
-    fp32 = work / "onnx-fp32"
-    _build_fp32(smoothed, fp32, work / "onnx-cache")
+    fp32 = work / "fp32"
+    _build_fp32(smoothed, fp32, work / "builder-cache")
     graph = _load(fp32 / "model.onnx")
     if quantize:
-        graph = _quantize(graph, work / "onnx-int8")
+        graph = _quantize(graph, work / "int8")
         _embeddings_from_int8_head(graph)
     _last_position_logits(graph)
     out.parent.mkdir(parents=True, exist_ok=True)
