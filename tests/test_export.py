@@ -414,6 +414,31 @@ def test_smoothing_flattens_activations_without_changing_the_model(merged):
             assert torch.allclose(model(**batch).logits, smoothed(**batch).logits, atol=1e-4)
 
 
+def test_smoothing_is_exact_with_qkv_biases():
+    """Qwen2-style projections carry biases: v_proj's bias takes the 1/s its rows take, or o_proj's
+    input changes."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from chaptering.export.onnx_llm import activation_maxima, smooth
+
+    cfg = AutoConfig.for_model("qwen2", vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)
+    batches = [{"input_ids": torch.randint(0, 300, (1, 20))} for _ in range(3)]
+    with torch.inference_mode():
+        before = [model(**b).logits for b in batches]
+    smooth(model, activation_maxima(model, batches))
+    with torch.inference_mode():
+        for b, want in zip(batches, before):
+            assert torch.allclose(model(**b).logits, want, atol=1e-4)
+
+
 @pytest.fixture(scope="session")
 def onnx_fp32(merged, tmp_path_factory):
     """A tiny Llama whose greedy answers depend on the prompt (the merged tiny model's projections redrawn

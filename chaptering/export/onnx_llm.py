@@ -155,6 +155,8 @@ def smooth(model: Any, amax: dict[str, Any], alpha: float = ALPHA) -> None:
             # down_proj reads silu(gate) * up, linear in up: up_proj's output rows carry 1/s.
             s = scales(amax[at + "mlp.down_proj"], [mlp.down_proj.weight])
             mlp.up_proj.weight.div_(s[:, None])
+            if getattr(mlp.up_proj, "bias", None) is not None:
+                mlp.up_proj.bias.div_(s)
             mlp.down_proj.weight.mul_(s)
             # o_proj's input (head h, dim d) is attention over v head h // group, linear in v: one scale
             # per (kv head, dim), shared by the query heads of the group.
@@ -162,6 +164,8 @@ def smooth(model: Any, amax: dict[str, Any], alpha: float = ALPHA) -> None:
             w = attn.o_proj.weight.abs().amax(0).view(kv_heads, group, head_dim).amax(1)
             s = (x.clamp(min=1e-5) ** alpha / w.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
             attn.v_proj.weight.div_(s.reshape(-1)[:, None])
+            if attn.v_proj.bias is not None:  # Qwen2-style q/k/v biases: v's output rows carry 1/s too
+                attn.v_proj.bias.div_(s.reshape(-1))
             attn.o_proj.weight.mul_(s[:, None, :].expand(kv_heads, group, head_dim).reshape(-1))
 
 
