@@ -309,7 +309,7 @@ def test_a_tampered_or_stale_export_is_refused(exported: Path, tmp_path: Path):
     (copy / "manifest.json").write_text(json.dumps({**m, "prompt_version": "title-v0"}))
     with pytest.raises(ValueError, match="export the model again"):
         load_export(copy)
-    with pytest.raises(ValueError, match="no 'q4_k_m' GGUF"):
+    with pytest.raises(ValueError, match="no 'q4_k_m' title LM"):
         (copy / "manifest.json").write_text(json.dumps(m))
         load_export(copy, "q4_k_m")
     with pytest.raises(FileNotFoundError, match="manifest.json"):
