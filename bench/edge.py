@@ -314,12 +314,16 @@ def titles(args: argparse.Namespace) -> str:
 
 
 def _one_title(titler: Any, text: str) -> str:
-    """One prompt through llama-cpp-python's own generate (prefix reuse between calls, one row per step)."""
+    """One prompt alone: through llama-cpp-python's own generate for a GGUF (prefix reuse between calls,
+    one row per step), as a pass of one for the int8 ONNX titler."""
     from chaptering.prompt import clean_title
 
-    out: list[int] = []
-    for token in titler.llm.generate(titler.prompt_ids(text), temp=0.0, top_k=1, top_p=1.0, min_p=0.0,
-                                     repeat_penalty=1.0, reset=True):
+    ids = titler.prompt_ids(text)
+    if not hasattr(titler, "llm"):
+        (out,) = titler.decoder.generate([ids], titler.max_new_tokens, titler.stop_ids)
+        return clean_title(titler.tok.decode(out, skip_special_tokens=True).strip().split("\n")[0])
+    out = []
+    for token in titler.llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
         if token in titler.stop_ids:
             break
         out.append(int(token))
