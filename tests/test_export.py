@@ -77,6 +77,19 @@ def _manifest(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
 
 
+def _predict_without_torch(folder: Path, src: Path, out: Path, *args: str) -> list[dict]:
+    """`python -m chaptering.edge FOLDER SRC --out OUT --threads 1 ARGS` in a fresh process, which must end
+    with exit code 0 and without torch, transformers, peft or mlflow imported; -> the predicted rows."""
+    code = ("import sys, runpy; sys.argv = ['x', *sys.argv[1:]];"
+            "rc = 0\ntry:\n    runpy.run_module('chaptering.edge', run_name='__main__')\nexcept SystemExit as e:\n"
+            "    rc = e.code\nheavy = [m for m in ('torch', 'transformers', 'peft', 'mlflow') if m in sys.modules]\n"
+            "assert rc == 0 and not heavy, (rc, heavy)")
+    done = subprocess.run([sys.executable, "-c", code, str(folder), str(src), "--out", str(out), "--threads", "1",
+                           *args], check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
 # --- the GGUF --------------------------------------------------------------------------------------
 
 
@@ -257,16 +270,7 @@ def test_runtime_imports_no_torch(exported: Path, tmp_path: Path):
     src = tmp_path / "in.jsonl"
     write_jsonl(src, [json.loads(line) for line in
                       (PROJECT_ROOT / "data" / "train" / "vidchapters-short.jsonl").read_text().splitlines()[:2]])
-    code = ("import sys, runpy; sys.argv = ['x', sys.argv[1], sys.argv[2], '--out', sys.argv[3], '--quant', 'q8_0',"
-            " '--threads', '1'];"
-            "rc = 0\ntry:\n    runpy.run_module('chaptering.edge', run_name='__main__')\nexcept SystemExit as e:\n"
-            "    rc = e.code\nheavy = [m for m in ('torch', 'transformers', 'peft', 'mlflow') if m in sys.modules]\n"
-            "assert rc == 0 and not heavy, (rc, heavy)")
-    out = tmp_path / "pred.jsonl"
-    done = subprocess.run([sys.executable, "-c", code, str(exported), str(src), str(out)], check=False,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = _predict_without_torch(exported, src, tmp_path / "pred.jsonl", "--quant", "q8_0")
     assert len(rows) == 2 and all(r["chapters"][0]["start_segment"] == 0 for r in rows)
     assert "(edge:q8_0)" in rows[0]["model"]
 
@@ -582,13 +586,5 @@ def test_int8_export_places_the_pytorch_chapters_and_titles_them_without_torch(e
         assert got.meta["titles_written"] + len(got.meta["repairs"]) == len(got.chapters)
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(t.model_dump_json() for t in transcripts[:2]) + "\n")
-    code = ("import sys, runpy; sys.argv = ['x', sys.argv[1], sys.argv[2], '--out', sys.argv[3], '--threads', '1'];"
-            "rc = 0\ntry:\n    runpy.run_module('chaptering.edge', run_name='__main__')\nexcept SystemExit as e:\n"
-            "    rc = e.code\nheavy = [m for m in ('torch', 'transformers', 'peft', 'mlflow') if m in sys.modules]\n"
-            "assert rc == 0 and not heavy, (rc, heavy)")
-    out = tmp_path / "pred.jsonl"
-    done = subprocess.run([sys.executable, "-c", code, str(exported_int8), str(src), str(out)], check=False,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = _predict_without_torch(exported_int8, src, tmp_path / "pred.jsonl")
     assert len(rows) == 2 and "(edge:int8)" in rows[0]["model"]
