@@ -22,7 +22,6 @@ prefill speed of either (bench/edge.py).
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -68,13 +67,11 @@ def write_onnx_llm(merged: Path, out: Path, work: Path, quantize: bool = True) -
     import json
 
     merged, out, work = Path(merged), Path(out), Path(work) / "onnx"
-    smoothed = work / "smoothed"
+    source = work / "smoothed" if quantize else merged
     if quantize:
-        smooth_folder(merged, smoothed)
-    else:
-        shutil.copytree(merged, smoothed)
+        smooth_folder(merged, source)
     fp32 = work / "fp32"
-    _build_fp32(smoothed, fp32, work / "builder-cache")
+    _build_fp32(source, fp32, work / "builder-cache")
     graph = _load(fp32 / "model.onnx")
     if quantize:
         graph = _quantize(graph, work / "int8")
@@ -82,7 +79,7 @@ def write_onnx_llm(merged: Path, out: Path, work: Path, quantize: bool = True) -
     _last_position_logits(graph)
     out.parent.mkdir(parents=True, exist_ok=True)
     _save(graph, out)
-    cfg = json.loads((smoothed / "config.json").read_text())
+    cfg = json.loads((source / "config.json").read_text())
     return {"layers": int(cfg["num_hidden_layers"]), "kv_heads": int(cfg["num_key_value_heads"]),
             "head_dim": int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]),
             "precision": "int8-smoothquant" if quantize else "fp32"}
@@ -133,9 +130,11 @@ def smooth(model: Any, amax: dict[str, Any], alpha: float = ALPHA) -> None:
     producer of x divides by s, the projection's weight columns multiply by s."""
     import torch
 
-    def scales(x: Any, weights: Sequence[Any]) -> Any:
-        w = torch.cat([v.abs() for v in weights], 0).amax(0)
+    def ratio(x: Any, w: Any) -> Any:
         return (x.clamp(min=1e-5) ** alpha / w.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
+
+    def scales(x: Any, weights: Sequence[Any]) -> Any:
+        return ratio(x, torch.cat([v.abs() for v in weights], 0).amax(0))
 
     cfg = model.config
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -161,8 +160,7 @@ def smooth(model: Any, amax: dict[str, Any], alpha: float = ALPHA) -> None:
             # o_proj's input (head h, dim d) is attention over v head h // group, linear in v: one scale
             # per (kv head, dim), shared by the query heads of the group.
             x = amax[at + "self_attn.o_proj"].view(kv_heads, group, head_dim).amax(1)
-            w = attn.o_proj.weight.abs().amax(0).view(kv_heads, group, head_dim).amax(1)
-            s = (x.clamp(min=1e-5) ** alpha / w.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
+            s = ratio(x, attn.o_proj.weight.abs().amax(0).view(kv_heads, group, head_dim).amax(1))
             attn.v_proj.weight.div_(s.reshape(-1)[:, None])
             if attn.v_proj.bias is not None:  # Qwen2-style q/k/v biases: v's output rows carry 1/s too
                 attn.v_proj.bias.div_(s.reshape(-1))
