@@ -87,9 +87,9 @@ class BoundaryModel:
         return out_dir
 
     @classmethod
-    def load(cls, folder: Path) -> BoundaryModel:
-        import lightgbm as lgb
-
+    def load(cls, folder: Path, booster: Any = None) -> BoundaryModel:
+        """`booster`: something with LightGBM's `predict(x)` to score with instead of the saved text model
+        (the edge runtime's ONNX trees, which need no lightgbm)."""
         folder = Path(folder)
         card = json.loads((folder / CARD_FILE).read_text())
         lexical = card.get("features") == feature_names(True)
@@ -97,7 +97,10 @@ class BoundaryModel:
             raise ValueError(f"{folder}: boundary model was trained on other features than cues.FEATURES; retrain it")
         if lexical and not (folder / LEXICAL_FILE).is_file():
             raise ValueError(f"{folder}: boundary model uses the lexical cue but {LEXICAL_FILE} is missing")
-        booster = lgb.Booster(model_file=str(folder / MODEL_FILE))
+        if booster is None:
+            import lightgbm as lgb
+
+            booster = lgb.Booster(model_file=str(folder / MODEL_FILE))
         return cls(booster=booster, decoder=DecoderSettings(**card["decoder"]), card=card,
                    lexical=LexicalCue.load(folder) if lexical else None)
 

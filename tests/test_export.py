@@ -51,7 +51,7 @@ def bundle(fitted_boundary, trained_adapter, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def exported(bundle: Path, tiny_dir: Path, tmp_path_factory) -> Path:
-    _needs("onnxruntime", "onnx", "gguf")
+    _needs("onnxruntime", "onnx", "gguf", "onnxmltools")
     from chaptering.export import export_bundle
 
     cache = tmp_path_factory.mktemp("export-cache")
@@ -79,10 +79,11 @@ def _manifest(folder: Path) -> dict:
 
 def _predict_without_torch(folder: Path, src: Path, out: Path, *args: str) -> list[dict]:
     """`python -m chaptering.edge FOLDER SRC --out OUT --threads 1 ARGS` in a fresh process, which must end
-    with exit code 0 and without torch, transformers, peft or mlflow imported; -> the predicted rows."""
+    with exit code 0 and without torch, transformers, peft, mlflow or lightgbm imported (the trees run as
+    ONNX); -> the predicted rows."""
     code = ("import sys, runpy; sys.argv = ['x', *sys.argv[1:]];"
             "rc = 0\ntry:\n    runpy.run_module('chaptering.edge', run_name='__main__')\nexcept SystemExit as e:\n"
-            "    rc = e.code\nheavy = [m for m in ('torch', 'transformers', 'peft', 'mlflow') if m in sys.modules]\n"
+            "    rc = e.code\nheavy = [m for m in ('torch', 'transformers', 'peft', 'mlflow', 'lightgbm') if m in sys.modules]\n"
             "assert rc == 0 and not heavy, (rc, heavy)")
     done = subprocess.run([sys.executable, "-c", code, str(folder), str(src), "--out", str(out), "--threads", "1",
                            *args], check=False, capture_output=True, text=True, timeout=300)
@@ -273,6 +274,45 @@ def test_runtime_imports_no_torch(exported: Path, tmp_path: Path):
     rows = _predict_without_torch(exported, src, tmp_path / "pred.jsonl", "--quant", "q8_0")
     assert len(rows) == 2 and all(r["chapters"][0]["start_segment"] == 0 for r in rows)
     assert "(edge:q8_0)" in rows[0]["model"]
+
+
+# --- the boundary trees as ONNX ---------------------------------------------------------------------
+
+
+def test_onnx_trees_score_every_line_as_lightgbm_does(exported: Path, bundle: Path, fitted_boundary):
+    import numpy as np
+
+    from chaptering.boundary import BoundaryModel
+    from chaptering.edge.trees import TreeScorer
+
+    _, transcripts, cache = fitted_boundary
+    trees = BoundaryModel.load(bundle / "boundary")
+    m = _manifest(exported)["boundary"]
+    assert m["trees"] == "boundary/boundary.onnx" and m["max_abs_diff"] <= 1e-5 and m["check_rows"] > 1000
+    onnx = TreeScorer.load(exported / m["trees"], threads=1)
+    x = np.vstack([trees.features(t, cache) for t in transcripts])
+    want, got = trees.booster.predict(x), onnx.predict(x)
+    assert got.shape == want.shape and float(np.max(np.abs(got - want))) < 1e-5
+    assert float(np.std(want)) > 0.01  # the trees are not constant: the comparison can fail
+
+
+def test_an_export_from_before_the_onnx_trees_still_runs_on_lightgbm(exported: Path, fitted_boundary,
+                                                                  tmp_path: Path):
+    _needs("llama_cpp", "onnxruntime")
+    from chaptering.edge import load_export
+    from chaptering.edge.trees import TreeScorer
+
+    old = tmp_path / "old"
+    shutil.copytree(exported, old)
+    m = _manifest(old)
+    del m["boundary"]["trees"], m["files"]["boundary/boundary.onnx"]
+    (old / "boundary" / "boundary.onnx").unlink()
+    (old / "manifest.json").write_text(json.dumps(m))
+    _, transcripts, _ = fitted_boundary
+    before, now = load_export(old, "f32", threads=1), load_export(exported, "f32", threads=1)
+    assert isinstance(now.boundary.booster, TreeScorer) and not isinstance(before.boundary.booster, TreeScorer)
+    for t in transcripts[:5]:
+        assert before.boundary.starts(t)[0] == now.boundary.starts(t)[0], t.id
 
 
 # --- the manifest ----------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 the MiniLM on onnxruntime and the title LM on llama.cpp (GGUF) or onnxruntime (int8 ONNX) underneath; no
 PyTorch is imported.
 
-Boundaries come from the same LightGBM text model and the same cue code (cues.py) fed by the ONNX
-encoder, decoded with the calibration in the manifest; titles from the exported title LM, prompted as
+Boundaries come from the same trees (LightGBM's, as an ONNX TreeEnsemble on onnxruntime) and the same cue
+code (cues.py) fed by the ONNX encoder, decoded with the calibration in the manifest; titles from the exported title LM, prompted as
 titles.py does.
 """
 
@@ -39,6 +39,21 @@ def parse_spec(spec: str) -> tuple[Path, str | None]:
     return Path(folder), quant or None
 
 
+def _onnx_trees(folder: Path, manifest: dict[str, Any], threads: int | None) -> Any:
+    """The ONNX trees' scorer, or None for an export made before them (scored by lightgbm, if installed)."""
+    from chaptering.edge.trees import TreeScorer
+
+    trees = (manifest.get("boundary") or {}).get("trees")
+    if trees:
+        return TreeScorer.load(folder / trees, threads)
+    try:
+        import lightgbm  # noqa: F401
+    except ModuleNotFoundError:
+        raise RuntimeError(f"{folder}: exported before the boundary trees were written as ONNX; export it again "
+                           "(or pip install lightgbm to run it as it is)") from None
+    return None
+
+
 def load_export(folder: Path, quant: str | None = None, threads: int | None = None,
                 checksums: bool = False, name: str | None = None) -> BoundaryChapterer:
     """An exported folder -> chapterer. `quant` picks one of the title LMs it holds (default: the first
@@ -52,7 +67,7 @@ def load_export(folder: Path, quant: str | None = None, threads: int | None = No
     if manifest.get("prompt_version") != TITLE_PROMPT_VERSION:
         raise ValueError(f"{folder}: exported with title prompt {manifest.get('prompt_version')!r}, this "
                          f"chaptering renders {TITLE_PROMPT_VERSION!r}: export the model again")
-    trees = BoundaryModel.load(folder / "boundary")
+    trees = BoundaryModel.load(folder / "boundary", _onnx_trees(folder, manifest, threads))
     decoder = DecoderSettings(**manifest["calibration"])
     boundary = EdgeBoundary(booster=trees.booster, decoder=decoder, card=trees.card, lexical=trees.lexical,
                             encode=OnnxEncoder(folder / "encoder", threads))

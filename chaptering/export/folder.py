@@ -1,6 +1,7 @@
 """A chapterer bundle (boundary/ + adapter/) -> an exported folder that chaptering.edge runs without PyTorch:
 
-  boundary/  the LightGBM text model and its card, as trained (features, calibrated decoder)
+  boundary/  the LightGBM text model and its card, as trained (features, calibrated decoder), and the same
+             trees as ONNX (export/trees.py), which the runtime scores without lightgbm
   encoder/   MiniLM as ONNX + tokenizer.json (export/encoder.py)
   llm/       the title adapter merged into its base, one GGUF per quantisation, + the adapter's tokenizer.json
   manifest.json  source, versions, prompt version, calibration, stop tokens, chat template, sizes + sha256
@@ -20,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from chaptering.edge.manifest import FORMAT, MANIFEST_FILE, file_entries
+from chaptering.edge.trees import TREES_FILE
 
 _VERSIONED = ("chaptering", "torch", "transformers", "peft", "gguf", "onnx", "onnxruntime", "onnxruntime_genai",
-              "tokenizers", "lightgbm", "llama_cpp_python", "numpy")
+              "onnxmltools", "tokenizers", "lightgbm", "llama_cpp_python", "numpy")
 
 
 def versions() -> dict[str, str]:
@@ -46,6 +48,7 @@ def export_bundle(bundle: Path, base: str, out: Path, quants: Sequence[str], cac
     from chaptering.export.encoder import check_precision, export_encoder
     from chaptering.export.gguf_llama import file_type
     from chaptering.export.onnx_llm import QUANTS as ONNX_QUANTS
+    from chaptering.export.trees import export_trees
     from chaptering.titles import TITLE_PROMPT_VERSION
 
     bundle, out = Path(bundle), Path(out)
@@ -64,6 +67,7 @@ def export_bundle(bundle: Path, base: str, out: Path, quants: Sequence[str], cac
         tmp = Path(work) / "export"
         shutil.copytree(bundle / BOUNDARY_DIR, tmp / "boundary",
                         ignore=lambda _d, names: [n for n in names if not n.endswith((".txt", ".json"))])
+        onnx_trees = export_trees(trees.booster, tmp / "boundary" / TREES_FILE)
         export_encoder(tmp / "encoder", precision=encoder)
         llm = None
         if (bundle / ADAPTER_DIR / "adapter_config.json").is_file():
@@ -75,7 +79,7 @@ def export_bundle(bundle: Path, base: str, out: Path, quants: Sequence[str], cac
             "prompt_version": TITLE_PROMPT_VERSION,
             "calibration": trees.decoder.to_dict(),
             "boundary": {"features": len(trees.card.get("features", [])), "rounds": trees.card.get("rounds"),
-                         "val_primary_f1": trees.card.get("val_primary_f1")},
+                         "val_primary_f1": trees.card.get("val_primary_f1"), **onnx_trees},
             "encoder": {"precision": encoder},
             "llm": llm,
             "versions": versions(),
