@@ -131,7 +131,7 @@ class GGUFTitler(EdgeTitler):
 
     def __init__(self, gguf: Path, tokenizer: Path, llm: Mapping[str, Any], threads: int | None = None,
                  max_new_tokens: int = MAX_TITLE_TOKENS, n_ctx: int = 512, batch_size: int = 8,
-                 cells_per_title: int = 320) -> None:
+                 cells_per_title: int = 200) -> None:
         super().__init__(tokenizer, llm, threads, max_new_tokens, batch_size)
         self.n_ctx, self.cells_per_title = n_ctx, cells_per_title
         self.llm = load_llama(gguf, n_ctx=n_ctx, threads=self.threads)
@@ -140,7 +140,7 @@ class GGUFTitler(EdgeTitler):
     def _decoder(self, batch_size: int) -> Any:
         from chaptering.edge.batch import BatchDecoder
 
-        # Cells for a batch of typical prompts (~200 tokens: the opening 600 characters and the
+        # Cells for a batch of typical prompts (~150-200 tokens: the opening 600 characters and the
         # template), and never fewer than one prompt of the single-prompt context.
         return BatchDecoder(self.llm, n_seq=batch_size, n_ctx=max(self.n_ctx, batch_size * self.cells_per_title),
                             threads=self.threads)
