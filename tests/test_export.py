@@ -544,8 +544,8 @@ def test_onnx_decoder_writes_pytorch_greedy_tokens_for_prompts_of_any_length(onn
 @pytest.mark.edge
 def test_int8_graph_keeps_the_pytorch_logits_with_embeddings_read_from_the_int8_head(onnx_fp32, tmp_path: Path):
     """The quantised graph (smoothed, int8 projections, int8 blocks for down_proj and lm_head, embeddings
-    decoded from lm_head's blocks) gives last-position logits close to PyTorch's, and holds no fp32
-    embedding table."""
+    decoded from lm_head's blocks, a float16 KV cache) gives last-position logits close to PyTorch's, also
+    when a prompt is prefilled after a cached prefix, and holds no fp32 embedding table."""
     import numpy as np
     import onnx
     import torch
@@ -561,14 +561,20 @@ def test_int8_graph_keeps_the_pytorch_logits_with_embeddings_read_from_the_int8_
     assert not [i.name for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT
                 and sorted(i.dims) == sorted([vocab, hidden])]
     assert "/model/embed_tokens/GatherCodes" in {n.name for n in proto.graph.node}
+    caches = [v for v in list(proto.graph.input) + list(proto.graph.output) if ".key" in v.name or ".value" in v.name]
+    assert caches and {v.type.tensor_type.elem_type for v in caches} == {onnx.TensorProto.FLOAT16}
     decoder = OnnxDecoder(tmp_path / "int8.onnx", info["head_dim"], threads=1)
+    assert decoder.cache_dtype == "float16"
     for batch in _prompt_batches(tok):
         ids = batch["input_ids"][0].tolist()
         got, _ = decoder._run(np.array([ids], np.int64), np.ones((1, len(ids)), np.int64), decoder._empty(1))
+        _, prefix = decoder._run(np.array([ids[:4]], np.int64), np.ones((1, 4), np.int64), decoder._empty(1))
+        after, _ = decoder._run(np.array([ids[4:]], np.int64), np.ones((1, len(ids)), np.int64), prefix)
         with torch.inference_mode():
             want = model(torch.tensor([ids])).logits[0, -1].numpy()
-        cosine = float(got[0] @ want / (np.linalg.norm(got[0]) * np.linalg.norm(want)))
-        assert cosine > 0.995, cosine
+        for row in (got[0], after[0]):
+            cosine = float(row @ want / (np.linalg.norm(row) * np.linalg.norm(want)))
+            assert cosine > 0.995, cosine
     # the embedding rows are lm_head's int8 blocks dequantised: within half a quantisation step of PyTorch's
     import onnxruntime as ort
     from onnx import helper

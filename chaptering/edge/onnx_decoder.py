@@ -34,8 +34,9 @@ class OnnxDecoder:
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
-        shape = next(i.shape for i in self.session.get_inputs() if i.name == self.past_names[0])
-        self.kv_heads, self.head_dim = int(shape[1]), head_dim
+        past = next(i for i in self.session.get_inputs() if i.name == self.past_names[0])
+        self.kv_heads, self.head_dim = int(past.shape[1]), head_dim
+        self.cache_dtype = "float16" if past.type == "tensor(float16)" else "float32"  # int8 exports: fp16
         self.n_seq = n_seq
         self._lock = threading.Lock()  # numpy caches are per call, but one call at a time keeps cores free
 
@@ -56,7 +57,7 @@ class OnnxDecoder:
     def _empty(self, rows: int) -> list[Any]:
         import numpy as np
 
-        return [np.zeros((rows, self.kv_heads, 0, self.head_dim), np.float32) for _ in self.past_names]
+        return [np.zeros((rows, self.kv_heads, 0, self.head_dim), self.cache_dtype) for _ in self.past_names]
 
     def _prefill(self, ids: Sequence[int], past: list[Any]) -> tuple[int, list[Any]]:
         import numpy as np
@@ -74,7 +75,7 @@ class OnnxDecoder:
         shared = common_prefix(prompts) if len(prompts) > 1 else 0
         prefix = self._prefill(prompts[0][:shared], self._empty(1))[1] if shared else self._empty(1)
         width = max(len(p) for p in prompts) + max_new
-        buffers = [np.zeros((len(prompts), self.kv_heads, width, self.head_dim), np.float32)
+        buffers = [np.zeros((len(prompts), self.kv_heads, width, self.head_dim), self.cache_dtype)
                    for _ in self.past_names]
         answers: list[list[int]] = [[] for _ in prompts]
         for row, p in enumerate(prompts):
