@@ -24,7 +24,8 @@ prefill speed of either (bench/edge.py).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,18 @@ def _save(graph: Any, path: Path) -> None:
     (path.parent / f"{path.name}.data").chmod(0o644)  # onnx creates it private; the folder ships to others
 
 
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """onnxruntime's quantizers log one INFO line per tensor on the root logger (hundreds per export)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _quantize(graph: Any, work: Path) -> Any:
     """Per-channel dynamic int8 on every projection but down_proj and lm_head; those two as int8 blocks."""
     from onnxruntime.quantization import QuantType, matmul_nbits_quantizer, quant_utils, quantize_dynamic
@@ -200,15 +213,16 @@ def _quantize(graph: Any, work: Path) -> Any:
     blockwise = [n.name for n in graph.graph.node if n.op_type == "MatMul"
                  and ("/mlp/down_proj/" in n.name or n.name.startswith("/lm_head/"))]
     _save(graph, work / "fp32.onnx")
-    quantize_dynamic(str(work / "fp32.onnx"), str(work / "dynamic.onnx"), per_channel=True,
-                     op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                     use_external_data_format=True, nodes_to_exclude=blockwise)
     config = matmul_nbits_quantizer.DefaultWeightOnlyQuantConfig(
         block_size=BLOCK, is_symmetric=True, accuracy_level=4, quant_format=quant_utils.QuantFormat.QOperator,
         op_types_to_quantize=("MatMul",), bits=8)
-    quantizer = matmul_nbits_quantizer.MatMulNBitsQuantizer(_load(work / "dynamic.onnx"), nodes_to_include=blockwise,
-                                                            algo_config=config)
-    quantizer.process()
+    with _quiet_root_logger():
+        quantize_dynamic(str(work / "fp32.onnx"), str(work / "dynamic.onnx"), per_channel=True,
+                         op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+                         use_external_data_format=True, nodes_to_exclude=blockwise)
+        quantizer = matmul_nbits_quantizer.MatMulNBitsQuantizer(_load(work / "dynamic.onnx"),
+                                                                nodes_to_include=blockwise, algo_config=config)
+        quantizer.process()
     return quantizer.model.model
 
 
