@@ -151,12 +151,12 @@ def main() -> None:
         return p
 
     def logloss(get) -> float:
-        tot = ws = 0.0
-        for t in va:
-            p, y, w = np.clip(np.array(get(t)), 1e-6, 1 - 1e-6), labels[t.id], weights[t.id]
-            tot += float((-(y * np.log(p) + (1 - y) * np.log(1 - p)) * w).sum())
-            ws += float(w.sum())
-        return tot / ws
+        """Family-weighted validation log-loss (sklearn's, probabilities clipped as before)."""
+        from sklearn.metrics import log_loss
+
+        p = np.clip(np.concatenate([np.asarray(get(t), dtype=float) for t in va]), 1e-6, 1 - 1e-6)
+        return float(log_loss(np.concatenate([labels[t.id] for t in va]), p, labels=[0, 1],
+                              sample_weight=np.concatenate([weights[t.id] for t in va])))
 
     best, best_state, bad = math.inf, None, 0
     for epoch in range(CFG["epochs"]):
