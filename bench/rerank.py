@@ -29,8 +29,7 @@ from chaptering.decode import DecoderSettings, calibrate, decode
 from chaptering.embeddings import clean_line, encoder_dir
 from chaptering.evaluate import DOMAIN_ORDER, Report, evaluate, write_report
 from chaptering.gate import gate
-from chaptering.keywords import titles_for
-from chaptering.schema import PredictedChapter, Prediction, Transcript
+from chaptering.schema import Transcript
 
 OUT = ROOT / "bench" / "results" / "rerank"
 
@@ -138,17 +137,17 @@ def _logit(p: float) -> float:
 
 
 class Reranked:
-    """Tree scores, with the candidates re-scored by the stacker over (tree logit, cross-encoder logit)."""
+    """Tree scores, with the candidates re-scored by the stacker over (tree logit, cross-encoder logit); a
+    boundary model to BoundaryChapterer (`starts`), which builds the predictions as for the trees."""
 
-    def __init__(self, trees: boundary.BoundaryModel, ce: CrossEncoder, stacker, dec: DecoderSettings,
-                 name: str) -> None:
-        self.trees, self.ce, self.stacker, self.dec, self.name = trees, ce, stacker, dec, name
+    def __init__(self, trees: boundary.BoundaryModel, ce: CrossEncoder, stacker, dec: DecoderSettings) -> None:
+        self.trees, self.ce, self.stacker, self.decoder = trees, ce, stacker, dec
 
-    def scores(self, t: Transcript) -> list[float]:
-        base = self.trees.scores(t, CACHE)
+    def rescore(self, base: list[float], t: Transcript, count: DecoderSettings) -> list[float]:
+        """`base` with its candidates (about three per chapter `count` decodes) re-scored, the rest 0."""
         if len(base) < 2:
             return base
-        cand = candidates(base, n_candidates(base, t, self.trees.decoder))
+        cand = candidates(base, n_candidates(base, t, count))
         ce = self.ce.logits([pair_text(t, i) for i in cand])
         p = self.stacker.predict_proba([[_logit(base[i]), c] for i, c in zip(cand, ce)])[:, 1]
         out = [0.0] * len(base)
@@ -157,13 +156,9 @@ class Reranked:
             out[i] = float(v)
         return out
 
-    def predict(self, t: Transcript) -> Prediction:
-        scores = self.scores(t)
-        starts = decode(scores, t, self.dec)
-        return Prediction(id=t.id, model=self.name, chapters=[
-            PredictedChapter(title=ti, start_segment=s, start=t.segments[s].start)
-            for s, ti in zip(starts, titles_for(t, starts))],
-            meta={"health": "clean", "start_scores": [round(v, 4) for v in scores]})
+    def starts(self, t: Transcript, cache_dir=None) -> tuple[list[int], list[float]]:
+        scores = self.rescore(self.trees.scores(t, CACHE), t, self.trees.decoder)
+        return decode(scores, t, self.decoder), scores
 
 
 def main() -> None:
@@ -220,24 +215,14 @@ def main() -> None:
     print(f"val AUC stacked {roc_auc_score(ys, stacker.predict_proba(xs)[:, 1]):.3f}", flush=True)
 
     # Decoder for the re-ranked scores, calibrated on the stacking split.
-    rr = Reranked(full, ce, stacker, DecoderSettings(), "rerank-bench")
-    scored_val = []
-    for t in stack_val:
-        sc, dec = oof[t.id]
-        cand = candidates(sc, n_candidates(sc, t, dec))
-        ce_l = ce.logits([pair_text(t, i) for i in cand])
-        p = stacker.predict_proba([[_logit(sc[i]), c] for i, c in zip(cand, ce_l)])[:, 1]
-        out = [0.0] * len(sc)
-        out[0] = 1.0
-        for i, v in zip(cand, p):
-            out[i] = float(v)
-        scored_val.append((out, t))
-    rr.dec, vf1 = calibrate(scored_val, DecoderSettings())
-    print(f"re-ranked decoder {rr.dec} (val macro F1 {vf1:.3f})", flush=True)
+    rr = Reranked(full, ce, stacker, DecoderSettings())
+    scored_val = [(rr.rescore(oof[t.id][0], t, oof[t.id][1]), t) for t in stack_val]
+    rr.decoder, vf1 = calibrate(scored_val, DecoderSettings())
+    print(f"re-ranked decoder {rr.decoder} (val macro F1 {vf1:.3f})", flush=True)
 
     ref = Report.from_json(EMBEDDING.read_text()) if EMBEDDING.is_file() else None
     reports = {}
-    for name, chapterer in (("trees", BoundaryChapterer(full, None, "trees-bench", CACHE)), ("rerank", rr)):
+    for name, chapterer in (("trees", BoundaryChapterer(full, None, "trees-bench", CACHE)), ("rerank", BoundaryChapterer(rr, None, "rerank-bench", CACHE))):
         t0 = time.time()
         report, preds = evaluate(chapterer, held, data_name="heldout v2", progress=False)
         print(f"{name}: evaluated in {time.time() - t0:.0f} s, headline {report.metric('headline'):.3f}")
