@@ -9,7 +9,6 @@ titles.py does.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,15 +54,6 @@ def _onnx_trees(folder: Path, manifest: dict[str, Any], threads: int | None) -> 
     return None
 
 
-def _titler(folder: Path, llm: dict[str, Any], quant: str, threads: int | None) -> Any:
-    """The title LM `quant` of the manifest's `llm` section, on the engine its file suffix names."""
-    from chaptering.edge.titler import GGUFTitler, OnnxTitler
-
-    engine = OnnxTitler if llm["files"][quant].endswith(".onnx") else GGUFTitler
-    return engine(folder / llm["files"][quant], folder / llm["tokenizer"], llm, threads,
-                  max_new_tokens=int(llm.get("max_new_tokens", 16)))
-
-
 def load_export(folder: Path, quant: str | None = None, threads: int | None = None,
                 checksums: bool = False, name: str | None = None) -> BoundaryChapterer:
     """An exported folder -> chapterer. `quant` picks one of the title LMs it holds (default: the first
@@ -77,19 +67,20 @@ def load_export(folder: Path, quant: str | None = None, threads: int | None = No
     if manifest.get("prompt_version") != TITLE_PROMPT_VERSION:
         raise ValueError(f"{folder}: exported with title prompt {manifest.get('prompt_version')!r}, this "
                          f"chaptering renders {TITLE_PROMPT_VERSION!r}: export the model again")
+    trees = BoundaryModel.load(folder / "boundary", _onnx_trees(folder, manifest, threads))
+    decoder = DecoderSettings(**manifest["calibration"])
+    boundary = EdgeBoundary(booster=trees.booster, decoder=decoder, card=trees.card, lexical=trees.lexical,
+                            encode=OnnxEncoder(folder / "encoder", threads))
+    titler = None
     llm = manifest.get("llm")
     if llm:
         quant = quant or llm["default"]
         if quant not in llm["files"]:
             raise ValueError(f"{folder}: no {quant!r} title LM; this export holds {', '.join(llm['files'])}")
-    # The two sessions load on their own threads (onnxruntime and llama.cpp release the GIL while they read
-    # and prepare weights): a cold start waits for the slower one, not the sum.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        titling = pool.submit(_titler, folder, llm, quant, threads) if llm else None
-        encoder = pool.submit(OnnxEncoder, folder / "encoder", threads)
-        trees = BoundaryModel.load(folder / "boundary", _onnx_trees(folder, manifest, threads))
-        boundary = EdgeBoundary(booster=trees.booster, decoder=DecoderSettings(**manifest["calibration"]),
-                                card=trees.card, lexical=trees.lexical, encode=encoder.result())
-        titler = titling.result() if titling is not None else None
+        from chaptering.edge.titler import GGUFTitler, OnnxTitler
+
+        engine = OnnxTitler if llm["files"][quant].endswith(".onnx") else GGUFTitler
+        titler = engine(folder / llm["files"][quant], folder / llm["tokenizer"], llm, threads,
+                        max_new_tokens=int(llm.get("max_new_tokens", 16)))
     label = f"edge:{quant}" if titler is not None else "edge"
     return BoundaryChapterer(boundary, titler, name or f"{manifest['source']['model']} ({label})")
