@@ -125,7 +125,6 @@ def train(train_ex, cfg, device: str, seed: int, log) -> torch.nn.Module:
 
     sched = get_linear_schedule_with_warmup(opt, int(0.06 * steps), steps)
     model.train()
-    step = 0
     for epoch in range(cfg["epochs"]):
         sample = pos + rng.sample(neg, int(cfg["neg_share"] * len(neg)))
         rng.shuffle(sample)
@@ -146,7 +145,6 @@ def train(train_ex, cfg, device: str, seed: int, log) -> torch.nn.Module:
             sched.step()
             opt.zero_grad(set_to_none=True)
             losses.append(loss.item())
-            step += 1
         log(f"    epoch {epoch}: {len(groups)} steps, loss {np.mean(losses[:50]):.4f} -> {np.mean(losses[-50:]):.4f}")
     return model
 

@@ -3,8 +3,8 @@ the MiniLM on onnxruntime and the title LM on llama.cpp (GGUF) or onnxruntime (i
 PyTorch is imported.
 
 Boundaries come from the same trees (LightGBM's, as an ONNX TreeEnsemble on onnxruntime) and the same cue
-code (cues.py) fed by the ONNX encoder, decoded with the calibration in the manifest; titles from the exported title LM, prompted as
-titles.py does.
+code (cues.py) fed by the ONNX encoder, decoded with the calibration in the manifest; titles from the
+exported title LM, prompted as titles.py does.
 """
 
 from __future__ import annotations

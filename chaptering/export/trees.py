@@ -21,7 +21,7 @@ TOLERANCE = 1e-5  # max |P_onnx - P_lightgbm| over the check rows: far below any
 
 
 def export_trees(booster: Any, out: Path, check_rows: int = 4096, seed: int = 0) -> dict[str, Any]:
-    """Write `out` (one TreeEnsembleClassifier); returns {file, max_abs_diff, check_rows} for the manifest."""
+    """Write `out` (one TreeEnsembleClassifier); returns {trees, max_abs_diff, check_rows} for the manifest."""
     import numpy as np
     import onnx
     from onnxmltools import convert_lightgbm
@@ -35,13 +35,14 @@ def export_trees(booster: Any, out: Path, check_rows: int = 4096, seed: int = 0)
     del model.graph.output[:]
     model.graph.output.append(prob)
     onnx.checker.check_model(model)
+    data = model.SerializeToString()
     x = _check_rows(booster, n_features, check_rows, np.random.default_rng(seed))
     want = booster.predict(x)
-    got = TreeScorer.from_bytes(model.SerializeToString(), prob.name).predict(x)
+    got = TreeScorer.from_bytes(data, prob.name).predict(x)
     diff = float(np.max(np.abs(got - want)))
     if not diff <= TOLERANCE:
         raise RuntimeError(f"ONNX trees differ from LightGBM by {diff:.2e} (> {TOLERANCE:g}) on {len(x)} check rows")
-    Path(out).write_bytes(model.SerializeToString())
+    Path(out).write_bytes(data)
     return {"trees": f"boundary/{Path(out).name}", "max_abs_diff": diff, "check_rows": len(x)}
 
 
