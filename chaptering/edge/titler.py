@@ -11,6 +11,7 @@ for chapters left untitled) is inherited, so every runtime titles the same chapt
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,12 @@ from chaptering.titles import BATCH_SIZE, MAX_TITLE_TOKENS, LLMTitler, title_mes
 def render_chat(template: str, messages: Sequence[Mapping[str, str]], specials: Mapping[str, str]) -> str:
     """The chat template rendered as transformers' apply_chat_template does (sandboxed Jinja with
     trim_blocks, lstrip_blocks and loop controls; special tokens as variables), generation prompt on."""
+    return _compiled(template).render(messages=list(messages), add_generation_prompt=True, **specials)
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled(template: str) -> Any:
+    """The template compiled once: compiling it took ~5 ms a title prompt (45 ms of a 10-minute answer)."""
     from jinja2.exceptions import TemplateError
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -40,7 +47,7 @@ def render_chat(template: str, messages: Sequence[Mapping[str, str]], specials: 
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(template).render(messages=list(messages), add_generation_prompt=True, **specials)
+    return env.from_string(template)
 
 
 _PARAMS_LOCK = threading.Lock()
