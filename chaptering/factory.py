@@ -82,7 +82,8 @@ def load_chapterer(spec: str, settings: Any, embedding_cache: bool = True) -> An
 
 
 def load_exported(spec: str) -> Any:
-    """`export:DIR[@QUANT]` -> chaptering.edge's chapterer (ONNX encoder, LightGBM, llama.cpp titles)."""
+    """`export:DIR[@QUANT]` -> chaptering.edge's chapterer (ONNX encoder and trees; titles on llama.cpp or
+    onnxruntime)."""
     try:
         from chaptering.edge import load_export, parse_spec
     except ImportError as err:  # pragma: no cover - the edge extra is absent

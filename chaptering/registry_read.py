@@ -20,6 +20,7 @@ from chaptering.pyfunc import _check_bundle, _check_safetensors_only
 from chaptering.registry_metrics import report_from_tags, summary_from_run, summary_from_tags
 from chaptering.registry_store import (
     CHAMPION,
+    EDGE_EXPORT_TAG,
     EXPERIMENT,
     NO_CHAMPION,
     REPORT_ARTIFACT,
@@ -151,29 +152,11 @@ def fetch_model(spec: str, settings: Settings) -> tuple[Path, str, str]:
     """Download a registered version (once: versions are immutable) -> (bundle or adapter dir, base model,
     name). The cache key includes the tracking URI: version 3 of one server is not version 3 of another.
     """
-    import mlflow
-
     from chaptering.boundary_chapterer import is_bundle
 
     mv = _resolve_spec(spec, settings)
     name, version = mv.name, str(mv.version)
-    store = hashlib.sha256(settings.tracking_uri.encode()).hexdigest()[:10]
-    dst = settings.cache_dir / "registry" / store / name / version
-    if not (dst / ".complete").is_file():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        # A private download folder, renamed into place when complete: concurrent fetches don't collide.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=dst.parent))
-        try:
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp),
-                tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri,
-            )
-            (tmp / ".complete").write_text(_now())
-            if not (dst / ".complete").is_file():
-                shutil.rmtree(dst, ignore_errors=True)
-                tmp.rename(dst)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    dst = _download_once(f"models:/{name}/{version}", _version_cache(settings, name, version), settings)
     path = _artifact_in(dst)
     if is_bundle(path):
         _check_bundle(path)
@@ -185,6 +168,53 @@ def fetch_model(spec: str, settings: Settings) -> tuple[Path, str, str]:
 
         base = (Model.load(str(dst / "MLmodel")).metadata or {}).get("base_model", settings.model.base)
     return path, str(base), f"models:/{name}/{version}"
+
+
+def fetch_export(spec: str, quant: str, settings: Settings) -> Path | None:
+    """The folder `chaptering export` logged for a registered version (downloaded once), if that export
+    holds the title LM `quant`; else None (the caller runs the version on PyTorch instead)."""
+    import json
+
+    mv = _resolve_spec(spec, settings)
+    raw = (mv.tags or {}).get(EDGE_EXPORT_TAG)
+    tag = json.loads(raw) if raw else {}
+    if quant not in tag.get("quants", []):
+        return None
+    name, version = mv.name, str(mv.version)
+    dst = _download_once(tag["artifact"], _version_cache(settings, name, f"{version}-edge-{'-'.join(tag['quants'])}"),
+                         settings)
+    manifests = sorted(dst.rglob("manifest.json"))
+    if not manifests:
+        raise ValueError(f"{tag['artifact']}: version {version}'s export holds no manifest.json")
+    return manifests[0].parent
+
+
+def _version_cache(settings: Settings, name: str, leaf: str) -> Path:
+    """Where a version's files are kept: keyed by the tracking URI (version 3 of one server is not
+    version 3 of another)."""
+    store = hashlib.sha256(settings.tracking_uri.encode()).hexdigest()[:10]
+    return settings.cache_dir / "registry" / store / name / leaf
+
+
+def _download_once(uri: str, dst: Path, settings: Settings) -> Path:
+    """`uri` downloaded to `dst` unless already complete there (versions and their runs' files are immutable)."""
+    import mlflow
+
+    if not (dst / ".complete").is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        # A private download folder, renamed into place when complete: concurrent fetches don't collide.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
+        try:
+            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp),
+                                                tracking_uri=settings.tracking_uri,
+                                                registry_uri=settings.tracking_uri)
+            (tmp / ".complete").write_text(_now())
+            if not (dst / ".complete").is_file():
+                shutil.rmtree(dst, ignore_errors=True)
+                tmp.rename(dst)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dst
 
 
 def champion_report(settings: Settings) -> Report | None:

@@ -20,6 +20,7 @@ CHALLENGER = "challenger"
 MODEL_NAME = "model"  # the logged model's name inside its run
 REPORT_ARTIFACT = "eval/report.json"
 DECISION_ARTIFACT = "decision.md"  # at the run's root, beside the plots: Compare lists root files
+EDGE_EXPORT_TAG = "edge_export"  # a version's on-device export: {"artifact", "quants", "bytes", "created"}
 NO_CHAMPION = "no champion yet: run `chaptering retrain` first"
 _TAG_LIMIT = 5000  # MLflow's model-version tag values are bounded; keep under the strictest store's limit
 

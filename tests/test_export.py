@@ -418,6 +418,40 @@ def test_a_registered_version_exports_and_is_logged_back(bundle: Path, settings:
         export_model("99", tmp_path / "none", ["q8_0"], settings)
 
 
+def test_the_service_runs_a_version_through_its_logged_export(bundle: Path, settings: Settings, tmp_path: Path):
+    """serve.export_quant: a version with that export is served by the edge runtime from the registry's
+    copy; one without it (or another quant) still serves, on PyTorch."""
+    _needs("onnxruntime", "onnx", "gguf", "onnxmltools", "llama_cpp")
+    from chaptering import registry
+    from chaptering.export import export_model
+    from chaptering.io import read_transcripts
+    from chaptering.serve.holder import _default_loader
+
+    registry.configure(settings)
+    exported = registry.log_candidate(bundle, settings.model.base, None, params={}, tags={}, plots=[],
+                                      settings=settings)
+    plain = registry.log_candidate(bundle, settings.model.base, None, params={}, tags={}, plots=[],
+                                   settings=settings)
+    export_model(str(exported.version), tmp_path / "out", ["q8_0"], settings)
+    shutil.rmtree(tmp_path / "out")  # the service reads the registry's copy, not the folder written
+    spec = f"models:/{settings.registered_model}/{exported.version}"
+
+    folder = registry.fetch_export(spec, "q8_0", settings)
+    assert folder is not None and (folder / "manifest.json").is_file() and (folder / "llm").is_dir()
+    assert str(folder).startswith(str(settings.cache_dir))
+    assert registry.fetch_export(spec, "int8", settings) is None
+    assert registry.fetch_export(f"models:/{settings.registered_model}/{plain.version}", "q8_0", settings) is None
+
+    serving = settings.model_copy(update={"serve": settings.serve.model_copy(update={"export_quant": "q8_0"})})
+    edge = _default_loader(spec, serving)
+    assert edge.name == f"{spec} (edge:q8_0)"
+    t = read_transcripts(PROJECT_ROOT / "data" / "eval" / "heldout.jsonl")[0]
+    assert edge.predict(t).chapters
+    other = f"models:/{settings.registered_model}/{plain.version}"
+    assert _default_loader(other, serving).name == other  # no export logged: PyTorch
+    assert _default_loader(spec, settings).name == spec  # export_quant unset: PyTorch
+
+
 # --- the int8 ONNX title LM (export/onnx_llm.py, edge/onnx_decoder.py) ---------------------------
 
 PROMPT_TEXTS = ["So, welcome back: today we fix the sink.", "Next, the budget for the second quarter.",

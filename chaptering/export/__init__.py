@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from chaptering.export.folder import export_bundle
+from chaptering.registry_store import EDGE_EXPORT_TAG as VERSION_TAG
 
 ARTIFACT_DIR = "edge"
-VERSION_TAG = "edge_export"
 
-__all__ = ["export_bundle", "export_model", "resolve_spec"]
+__all__ = ["VERSION_TAG", "export_bundle", "export_model", "resolve_spec"]
 
 
 def resolve_spec(spec: str, settings: Any) -> str:

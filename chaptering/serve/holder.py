@@ -178,10 +178,20 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
 def _default_loader(spec: str, settings: Settings) -> Any:
-    """`factory.load_chapterer`; a local folder given as the model must hold safetensors only (registry
-    versions are checked by `registry.fetch_model`)."""
-    from chaptering.factory import load_chapterer
+    """`factory.load_chapterer`, or a registered version's on-device export where `serve.export_quant`
+    names one it has; a local folder given as the model must hold safetensors only (registry versions
+    are checked by `registry.fetch_model`)."""
+    from chaptering.factory import load_chapterer, load_exported
 
+    quant = settings.serve.export_quant
+    if quant and (spec == "champion" or spec.startswith("models:/")):
+        from chaptering import registry
+
+        folder = registry.fetch_export(spec, quant, settings)
+        if folder is not None:
+            return load_exported(f"export:{folder}@{quant}")
+        log.warning("%s has no %s export (chaptering export VERSION --quant %s): serving it on PyTorch",
+                    spec, quant, quant)
     path = Path(spec)
     if path.is_dir():
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
