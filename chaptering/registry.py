@@ -22,7 +22,14 @@ from chaptering.pyfunc import _model_class
 from chaptering.registry_aliases import decide_and_promote, promote, rollback
 from chaptering.registry_log import VERSION_TAGS, Candidate, git_commit, log_candidate
 from chaptering.registry_metrics import run_metrics
-from chaptering.registry_read import champion_report, fetch_export, fetch_model, find_version, list_versions
+from chaptering.registry_read import (
+    champion_report,
+    export_quants,
+    fetch_export,
+    fetch_model,
+    find_version,
+    list_versions,
+)
 from chaptering.registry_store import (
     CHALLENGER,
     CHAMPION,
@@ -38,8 +45,8 @@ from chaptering.registry_store import (
 __all__ = [
     "CHALLENGER", "CHAMPION", "DECISION_ARTIFACT", "EXPERIMENT", "MODEL_NAME", "NO_CHAMPION", "REPORT_ARTIFACT",
     "VERSION_TAGS", "Candidate", "champion_report", "champion_version", "configure", "decide_and_promote",
-    "fetch_export", "fetch_model", "find_version", "git_commit", "list_versions", "log_candidate", "promote", "rollback",
-    "run_metrics",
+    "export_quants", "fetch_export", "fetch_model", "find_version", "git_commit", "list_versions", "log_candidate",
+    "promote", "rollback", "run_metrics",
 ]
 
 

@@ -173,11 +173,8 @@ def fetch_model(spec: str, settings: Settings) -> tuple[Path, str, str]:
 def fetch_export(spec: str, quant: str, settings: Settings) -> Path | None:
     """The folder `chaptering export` logged for a registered version (downloaded once), if that export
     holds the title LM `quant`; else None (the caller runs the version on PyTorch instead)."""
-    import json
-
     mv = _resolve_spec(spec, settings)
-    raw = (mv.tags or {}).get(EDGE_EXPORT_TAG)
-    tag = json.loads(raw) if raw else {}
+    tag = _export_tag(mv)
     if quant not in tag.get("quants", []):
         return None
     name, version = mv.name, str(mv.version)
@@ -187,6 +184,19 @@ def fetch_export(spec: str, quant: str, settings: Settings) -> Path | None:
     if not manifests:
         raise ValueError(f"{tag['artifact']}: version {version}'s export holds no manifest.json")
     return manifests[0].parent
+
+
+def export_quants(spec: str, settings: Settings) -> list[str]:
+    """The title LMs of the export logged to a registered version ([] if none): one registry call, no
+    download, so the service can poll it."""
+    return list(_export_tag(_resolve_spec(spec, settings)).get("quants", []))
+
+
+def _export_tag(mv: Any) -> dict[str, Any]:
+    import json
+
+    raw = (mv.tags or {}).get(EDGE_EXPORT_TAG)
+    return json.loads(raw) if raw else {}
 
 
 def _version_cache(settings: Settings, name: str, leaf: str) -> Path:

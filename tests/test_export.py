@@ -452,6 +452,30 @@ def test_the_service_runs_a_version_through_its_logged_export(bundle: Path, sett
     assert _default_loader(spec, settings).name == spec  # export_quant unset: PyTorch
 
 
+def test_an_export_logged_after_the_promotion_replaces_the_pytorch_champion(bundle: Path, settings: Settings,
+                                                                             tmp_path: Path):
+    """The alias moves first (the nightly), the export comes after (`chaptering export champion`): the
+    service serves the new champion on PyTorch meanwhile, then switches once to its export."""
+    _needs("onnxruntime", "onnx", "gguf", "onnxmltools", "llama_cpp")
+    from chaptering import registry
+    from chaptering.export import export_model
+    from chaptering.serve.holder import ModelHolder, _default_loader
+
+    registry.configure(settings)
+    v = str(registry.log_candidate(bundle, settings.model.base, None, params={}, tags={}, plots=[],
+                                   settings=settings).version)
+    registry.promote(v, settings)
+    serving = settings.model_copy(update={"serve": settings.serve.model_copy(update={"export_quant": "q8_0"})})
+    holder = ModelHolder(serving, _default_loader)
+    assert holder.reload_now() and holder.live.version == v
+    assert holder.live.name == f"models:/{settings.registered_model}/{v}"  # no export yet: PyTorch
+    assert not holder.reload_now()
+    export_model("champion", tmp_path / "out", ["q8_0"], settings)
+    assert holder.reload_now() and holder.live.version == v
+    assert holder.live.name.endswith("(edge:q8_0)")
+    assert not holder.reload_now()  # switched once
+
+
 # --- the int8 ONNX title LM (export/onnx_llm.py, edge/onnx_decoder.py) ---------------------------
 
 PROMPT_TEXTS = ["So, welcome back: today we fix the sink.", "Next, the budget for the second quarter.",

@@ -119,10 +119,21 @@ class ModelHolder:
             # No champion: serve.fallback at start-up; a vanished alias later is not a reason to downgrade.
             fallback = self.settings.serve.fallback
             return None if live is not None else (fallback, fallback, "base")
-        if live is not None and live.version == version:
+        spec = f"models:/{self.settings.registered_model}/{version}"
+        if live is not None and live.version == version and not self._export_arrived(live, spec):
             self.last_error = None  # the registry answers and names what we serve: nothing is wrong
             return None
-        return f"models:/{self.settings.registered_model}/{version}", version, "registry"
+        return spec, version, "registry"
+
+    def _export_arrived(self, live: LiveModel, spec: str) -> bool:
+        """True when the live version runs on PyTorch for want of the `serve.export_quant` export and that
+        export has since been logged (`chaptering export` after the promotion): it is reloaded once."""
+        quant = self.settings.serve.export_quant
+        if not quant or live.name.endswith(f"(edge:{quant})"):
+            return False
+        from chaptering import registry
+
+        return quant in registry.export_quants(spec, self.settings)
 
     def _describe(self, version: str, source: str) -> tuple[dict[str, float], dict[str, Any]]:
         """Metrics and provenance of a registered version (informational: never blocks a load)."""
