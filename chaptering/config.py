@@ -175,6 +175,14 @@ class StackSettings(BaseModel):
     ready_s: float = 240.0  # how long each server may take to answer its health URL (a busy 2-core box)
 
 
+class ExportSettings(BaseModel):
+    """The nightly's on-device export of a new champion (chaptering/export; needs the `export` extra)."""
+
+    # Title LMs to export a newly promoted champion to and log to its version (e.g. ["int8"] with
+    # serve.export_quant=int8: the service switches to it once logged). Empty: nothing is exported.
+    on_promote: list[str] = []
+
+
 class ScaleSettings(BaseModel):
     """Fan-out of curation and evaluation over Dask (flows/nightly.py, docs/scale.md)."""
 
@@ -207,6 +215,7 @@ class Settings(BaseSettings):
     gate: GateSettings = Field(default_factory=GateSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     scale: ScaleSettings = Field(default_factory=ScaleSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
 
     @classmethod

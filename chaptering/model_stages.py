@@ -199,3 +199,26 @@ def register_stage(settings: Settings, outcome: TrainOutcome, evals: EvalOutcome
     verdict = gate(evals.challenger, evals.champion, evals.references, settings.gate)
     registry.decide_and_promote(version.version, verdict, settings)
     return Decision(verdict.promote, str(version.version), verdict.reasons)
+
+
+def export_stage(settings: Settings, decision: Decision) -> dict[str, Any]:
+    """A newly promoted champion exported to `settings.export.on_promote` and logged to its version, so a
+    service with serve.export_quant switches to it. Best effort: the champion is already promoted and is
+    served on PyTorch without its export, so a failed export is reported, never raised."""
+    import logging
+    import tempfile
+
+    quants = list(settings.export.on_promote)
+    if not decision.promoted or decision.version is None or not quants:
+        return {"exported": False}
+    try:
+        from chaptering.export import export_model
+
+        with tempfile.TemporaryDirectory(prefix="export-", dir=settings.state_dir) as tmp:
+            manifest = export_model(decision.version, Path(tmp) / "edge", quants, settings, log=True)
+        return {"exported": True, "version": decision.version, "quants": quants,
+                "bytes": sum(f["bytes"] for f in manifest["files"].values())}
+    except Exception as exc:  # noqa: BLE001 - the promotion stands; the service runs it on PyTorch
+        logging.getLogger("chaptering.export").warning("version %s: export %s failed: %s: %s",
+                                                       decision.version, quants, type(exc).__name__, exc)
+        return {"exported": False, "version": decision.version, "error": f"{type(exc).__name__}: {exc}"}

@@ -25,6 +25,7 @@ from chaptering.model_stages import (  # the flow and the CLI call every stage t
     base_report,
     champion_on_heldout,
     evaluate_stage,
+    export_stage,
     fit_boundary,
     reference_report,
     register_stage,
@@ -35,8 +36,8 @@ from chaptering.run_types import BOUNDARY_SET, BuildOutput, Decision, EvalOutcom
 
 __all__ = [
     "BuildOutput", "Decision", "EvalOutcome", "TrainOutcome", "base_report", "champion_on_heldout", "commit_stage",
-    "curate_merge_stage", "curate_stage", "dataset_stage", "evaluate_stage", "fit_boundary", "ingest_stage", "new_run_dir",
-    "reference_report", "register_stage", "summarize", "train_config_hash", "train_stage", "write_boundary_set",
+    "curate_merge_stage", "curate_stage", "dataset_stage", "evaluate_stage", "export_stage", "fit_boundary",
+    "ingest_stage", "new_run_dir", "reference_report", "register_stage", "summarize", "train_config_hash", "train_stage", "write_boundary_set",
     "write_quarantine",
 ]
 

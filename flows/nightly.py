@@ -1,6 +1,7 @@
 """Prefect flows: thin tasks, each calling one function of chaptering.pipeline (or chaptering.shards).
 
-`nightly_retrain` is the DAG ingest -> curate -> datasets -> train -> evaluate -> register -> commit.
+`nightly_retrain` is the DAG ingest -> curate -> datasets -> train -> evaluate -> register -> commit
+(-> export-champion, when export.on_promote names title LMs and the run promoted a version).
 Curation and the challenger's evaluation fan out: subflows map a task over shards on a DaskTaskRunner
 (the cluster at `scale.dask_address`, else a local one of `scale.workers` processes), then merge in
 this process; a stage too small for more than one shard runs as one, without a cluster.
@@ -75,6 +76,11 @@ def register(settings: Settings, outcome: pipeline.TrainOutcome, evals: pipeline
 @task(name="commit", **IO_RETRIES)
 def commit(settings: Settings, run_dir: Path) -> dict[str, int]:
     return pipeline.commit_stage(settings, run_dir)
+
+
+@task(name="export-champion", cache_policy=NO_CACHE)
+def export_champion(settings: Settings, decision: pipeline.Decision) -> dict[str, Any]:
+    return pipeline.export_stage(settings, decision)
 
 
 def task_runner(settings: Settings, n_shards: int) -> Any:
@@ -176,12 +182,16 @@ def nightly_retrain(
     evals = evaluate_stage(settings, outcome, run_dir)
     decision = register(settings, outcome, evals, build)
     committed = commit(settings, run_dir, wait_for=[decision])
+    exported = export_champion(settings, decision, wait_for=[committed])
     summary = pipeline.summarize(ingested, curated, build, outcome, evals, decision, committed)
     create_markdown_artifact(key="nightly-summary", markdown=summary, description="nightly retrain summary")
     (run_dir / "summary.md").write_text(summary)
     logger.info("version %s %s: %s", decision.version or "-", "promoted" if decision.promoted else "not promoted",
                 "; ".join(decision.reasons))
-    return {"run_dir": str(run_dir), "trained": outcome.trained, "decision": decision.to_dict()}
+    if exported.get("error"):
+        logger.warning("champion %s not exported (served on PyTorch): %s", decision.version, exported["error"])
+    return {"run_dir": str(run_dir), "trained": outcome.trained, "decision": decision.to_dict(),
+            "export": exported}
 
 
 if __name__ == "__main__":

@@ -476,6 +476,30 @@ def test_an_export_logged_after_the_promotion_replaces_the_pytorch_champion(bund
     assert not holder.reload_now()  # switched once
 
 
+def test_the_nightly_exports_a_new_champion_when_asked(bundle: Path, settings: Settings):
+    _needs("onnxruntime", "onnx", "gguf", "onnxmltools")
+    from chaptering import registry
+    from chaptering.config import ExportSettings
+    from chaptering.pipeline import Decision, export_stage
+
+    registry.configure(settings)
+    v = str(registry.log_candidate(bundle, settings.model.base, None, params={}, tags={}, plots=[],
+                                   settings=settings).version)
+    spec = f"models:/{settings.registered_model}/{v}"
+    asked = settings.model_copy(update={"export": ExportSettings(on_promote=["q8_0"])})
+    assert export_stage(asked, Decision(False, v, ["refused"])) == {"exported": False}  # only champions
+    assert export_stage(settings, Decision(True, v, [])) == {"exported": False}  # not asked for
+    assert registry.export_quants(spec, settings) == []
+    done = export_stage(asked, Decision(True, v, []))
+    assert done["exported"] and done["quants"] == ["q8_0"] and done["bytes"] > 0
+    assert registry.export_quants(spec, settings) == ["q8_0"]
+    assert not list(settings.state_dir.glob("export-*"))  # the folder lives in MLflow, not left on disk
+    failed = export_stage(settings.model_copy(update={"export": ExportSettings(on_promote=["q9_9"])}),
+                          Decision(True, v, []))
+    assert not failed["exported"] and "q9_9" in failed["error"]  # reported, not raised
+    assert registry.export_quants(spec, settings) == ["q8_0"]  # the logged export is untouched
+
+
 # --- the int8 ONNX title LM (export/onnx_llm.py, edge/onnx_decoder.py) ---------------------------
 
 PROMPT_TEXTS = ["So, welcome back: today we fix the sink.", "Next, the budget for the second quarter.",
