@@ -147,8 +147,9 @@ class ServeSettings(BaseModel):
     # within 5 s 0.207 and title ROUGE-L 0.006 against their 0.380 / 0.080, at ~30 s an answer.
     fallback: str = "baseline:embedding"
     # Serve registered versions through their on-device export of this title LM (`chaptering export
-    # VERSION --quant int8` logs one to the version): the same starts, titles as close as q8_0's, and
-    # 3.5x faster on a 10-minute talk on 2 cores (docs/edge.md). A version without one runs on PyTorch.
+    # VERSION --quant int8` logs one to the version): the same starts, titles as close to the creators'
+    # as PyTorch's, 3.6x faster on a 10-minute talk on 2 cores (docs/operations.md). A version without
+    # one runs on PyTorch.
     export_quant: str | None = None
 
     @field_validator("fallback")

@@ -204,8 +204,7 @@ def register_stage(settings: Settings, outcome: TrainOutcome, evals: EvalOutcome
 def export_stage(settings: Settings, decision: Decision) -> dict[str, Any]:
     """A newly promoted champion exported to `settings.export.on_promote` and logged to its version, so a
     service with serve.export_quant switches to it. Best effort: the champion is already promoted and is
-    served on PyTorch without its export, so a failed export is reported, never raised."""
-    import logging
+    served on PyTorch without its export, so a failed export is returned (the flow logs it), never raised."""
     import tempfile
 
     quants = list(settings.export.on_promote)
@@ -219,6 +218,4 @@ def export_stage(settings: Settings, decision: Decision) -> dict[str, Any]:
         return {"exported": True, "version": decision.version, "quants": quants,
                 "bytes": sum(f["bytes"] for f in manifest["files"].values())}
     except Exception as exc:  # noqa: BLE001 - the promotion stands; the service runs it on PyTorch
-        logging.getLogger("chaptering.export").warning("version %s: export %s failed: %s: %s",
-                                                       decision.version, quants, type(exc).__name__, exc)
         return {"exported": False, "version": decision.version, "error": f"{type(exc).__name__}: {exc}"}
