@@ -220,6 +220,7 @@ def export(
     set: SetOpt = None,
 ) -> None:
     """Export a registered chapterer to files that run without PyTorch (GGUF titles, ONNX encoder, trees)."""
+    from chaptering.edge.manifest import total_bytes
     from chaptering.export import export_model
 
     settings = _settings(set)
@@ -227,8 +228,7 @@ def export(
         manifest = export_model(version, out, quant or ["q8_0"], settings, log=log, encoder=encoder)
     except (ValueError, LookupError, FileNotFoundError, FileExistsError) as e:
         _fail(str(e))
-    size = sum(f["bytes"] for f in manifest["files"].values())
-    typer.echo(f"exported {manifest['source']['model']} to {out} ({size / 1e6:.0f} MB); run it with "
+    typer.echo(f"exported {manifest['source']['model']} to {out} ({total_bytes(manifest) / 1e6:.0f} MB); run it with "
                f"--model export:{out} or python -m chaptering.edge {out} INPUT")
 
 

@@ -211,11 +211,11 @@ def export_stage(settings: Settings, decision: Decision) -> dict[str, Any]:
     if not decision.promoted or decision.version is None or not quants:
         return {"exported": False}
     try:
+        from chaptering.edge.manifest import total_bytes
         from chaptering.export import export_model
 
         with tempfile.TemporaryDirectory(prefix="export-", dir=settings.state_dir) as tmp:
             manifest = export_model(decision.version, Path(tmp) / "edge", quants, settings, log=True)
-        return {"exported": True, "version": decision.version, "quants": quants,
-                "bytes": sum(f["bytes"] for f in manifest["files"].values())}
+        return {"exported": True, "version": decision.version, "quants": quants, "bytes": total_bytes(manifest)}
     except Exception as exc:  # noqa: BLE001 - the promotion stands; the service runs it on PyTorch
         return {"exported": False, "version": decision.version, "error": f"{type(exc).__name__}: {exc}"}

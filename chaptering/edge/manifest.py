@@ -30,6 +30,11 @@ def file_entries(folder: Path) -> dict[str, dict[str, Any]]:
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
 
 
+def total_bytes(manifest: dict[str, Any]) -> int:
+    """The size of the exported folder as its manifest lists it."""
+    return sum(int(f["bytes"]) for f in manifest["files"].values())
+
+
 def read_manifest(folder: Path) -> dict[str, Any]:
     """The manifest of an exported folder, refused if it is missing, malformed or of another format."""
     path = Path(folder) / MANIFEST_FILE

@@ -73,7 +73,9 @@ def log_export(client: Any, model_name: str, version: str, run_id: str, folder: 
     quants = list((manifest.get("llm") or {}).get("files", {})) or ["trees"]
     path = f"{ARTIFACT_DIR}/{'-'.join(quants)}"
     client.log_artifacts(run_id, str(folder), artifact_path=path)
-    size = sum(f["bytes"] for f in manifest["files"].values())
+    from chaptering.edge.manifest import total_bytes
+
     client.set_model_version_tag(model_name, version, VERSION_TAG, json.dumps(
-        {"artifact": f"runs:/{run_id}/{path}", "quants": quants, "bytes": size, "created": manifest["created"]}))
+        {"artifact": f"runs:/{run_id}/{path}", "quants": quants, "bytes": total_bytes(manifest),
+         "created": manifest["created"]}))
     return path
