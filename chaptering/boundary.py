@@ -137,6 +137,28 @@ def _features(transcripts: Sequence[Transcript], cache_dir: Path | None, progres
     return out
 
 
+def window_transcripts(transcripts: Sequence[Transcript], decoder: DecoderSettings, cache_dir: Path | None,
+                       lexical: dict[str, Any] | None, features: dict[str, Any]) -> list[Transcript]:
+    """Windows of the long timed `transcripts` (crops.py), each featurised as a video of its own (its
+    positions, totals and depths) into `features`; the lines' embeddings and out-of-fold lexical scores are
+    the whole transcript's, sliced."""
+    from chaptering.crops import crop
+    from chaptering.crops import windows as window_ranges
+    from chaptering.cues import line_features
+    from chaptering.embeddings import line_embeddings
+
+    out = []
+    for t in transcripts:
+        ranges = window_ranges(t, decoder.long_lines)
+        emb = line_embeddings(t, cache_dir) if ranges else None
+        for a, b in ranges:
+            window = crop(t, a, b)
+            x = line_features(window, emb[a:b])
+            features[window.id] = x if lexical is None else _append(x, lexical[t.id][a:b])
+            out.append(window)
+    return out
+
+
 def _matrix(transcripts: Sequence[Transcript], features: dict[str, Any]) -> tuple[Any, Any, Any]:
     """Stacked features, labels and per-line weights (each source sums to the same weight)."""
     import numpy as np
@@ -158,13 +180,15 @@ def fit(
     params: dict[str, Any] | None = None,
     progress: bool = True,
     lexical: bool = True,
+    windows: bool = True,
 ) -> BoundaryModel:
     """Train on the non-validation transcripts, calibrate the threshold on the validation ones.
 
     The booster stops early on the validation loss (at most `rounds` trees); the log of both losses
     goes on the card, which is what the "its loss falls" test reads. With `lexical`, the lexical cue
     is fitted on every labelled transcript for new ones, and the trees (training and validation lines
-    alike) see out-of-fold lexical scores, as they will see a new transcript's.
+    alike) see out-of-fold lexical scores, as they will see a new transcript's. With `windows`, windows of
+    the long timed training transcripts (crops.py) train beside them as mid-length videos.
     """
     import lightgbm as lgb
 
@@ -176,7 +200,8 @@ def fit(
     lexical_cue = fit_lexical(labelled) if lexical else None
     lexical_seconds = time.perf_counter() - t0
     features = _features(labelled, cache_dir, progress, oof)
-    x, y, w = _matrix(train, features)
+    mid = window_transcripts(train, decoder or DecoderSettings(), cache_dir, oof, features) if windows else []
+    x, y, w = _matrix(train + mid, features)
     xv, yv, wv = _matrix(val, features)
     names = feature_names(lexical)
     evals: dict[str, Any] = {}
@@ -197,6 +222,7 @@ def fit(
         "kind": "lightgbm",
         "rounds": booster.best_iteration or booster.current_iteration(),
         "train_transcripts": len(train),
+        "train_windows": len(mid),
         "val_transcripts": len(val),
         "train_lines": len(y),
         "positives": int(y.sum()),

@@ -103,6 +103,9 @@ class BoundarySettings(BaseModel):
     min_gap_lines: int = 5  # the same for untimed transcripts (meetings), in turns
     min_chapters: int = 3  # where the transcript is long enough for that many
     max_chapters: int = 60
+    # Windows of long timed training transcripts train as mid-length videos (crops.py): without them a
+    # 10-minute video falls between the 2-minute clips and hour-long talks the trees learn from.
+    windows: bool = True
 
 
 class GateSettings(BaseModel):
