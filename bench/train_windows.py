@@ -6,7 +6,9 @@ validation macro F1 on the split's full transcripts (what calibration maximises)
 windows of the split's long timed transcripts (the mid-length regime the split otherwise lacks; scored with
 the decoder as calibrated, never used to calibrate), and held-out v2 headline with work-session Pk/B.
 
-Usage: python bench/train_windows.py 0,1,2,3,4 [none,family,own]   (~45 s a fit warm)
+Usage: python bench/train_windows.py 0,1,2,3,4 [none,family,own] [BOUNDARY_JSONL]   (~45 s a fit warm)
+BOUNDARY_JSONL trains on another set than all labelled data, e.g. a `make run`'s
+state/datasets/<fingerprint>/boundary.jsonl (bench/results/train-windows-make-run-data-2026-12-07.txt).
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ def main() -> None:
     seeds = [int(s) for s in sys.argv[1].split(",")] if len(sys.argv) > 1 else [0]
     variants = sys.argv[2].split(",") if len(sys.argv) > 2 else ["none", "family", "own"]
     held, train = heldout_and_train()
+    if len(sys.argv) > 3:
+        from chaptering.io import read_transcripts
+
+        train = read_transcripts(sys.argv[3])
     ref = Report.from_json(EMBEDDING.read_text())
     labelled = [t for t in train if t.chapters and len(t.segments) >= 2]
     val = [t for t in labelled if boundary.is_validation(t.id, 0.2)]
