@@ -51,9 +51,8 @@ def main() -> None:
             crops.crop = crop_in_family if v == "family" else own_family
             m = boundary.fit(train, cache_dir=CACHE, params={"seed": seed}, progress=False, windows=v != "none")
             crops.crop = own_family
-            feats: dict = {}
-            windows = [([1.0] + [float(p) for p in m.booster.predict(feats[w.id])[1:]], w)
-                       for w in boundary.window_transcripts(val, m.decoder, CACHE, oof, feats)]
+            windows = [([1.0] + [float(p) for p in m.booster.predict(x)[1:]], w)
+                       for w, x in boundary.window_transcripts(val, m.decoder.long_lines, CACHE, oof)]
             w_f1 = _macro(windows, m.decoder)
             w_pk = statistics.mean(pk(list(t.boundaries), decode(sc, t, m.decoder), len(t.segments))
                                    for sc, t in windows)

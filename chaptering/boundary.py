@@ -137,11 +137,11 @@ def _features(transcripts: Sequence[Transcript], cache_dir: Path | None, progres
     return out
 
 
-def window_transcripts(transcripts: Sequence[Transcript], decoder: DecoderSettings, cache_dir: Path | None,
-                       lexical: dict[str, Any] | None, features: dict[str, Any]) -> list[Transcript]:
-    """Windows of the long timed `transcripts` (crops.py), each featurised as a video of its own (its
-    positions, totals and depths) into `features`; the lines' embeddings and out-of-fold lexical scores are
-    the whole transcript's, sliced."""
+def window_transcripts(transcripts: Sequence[Transcript], long_lines: int, cache_dir: Path | None,
+                       lexical: dict[str, Any] | None) -> list[tuple[Transcript, Any]]:
+    """Windows of the long timed `transcripts` (crops.py) with their features, each featurised as a video of
+    its own (its positions, totals and depths); the lines' embeddings and out-of-fold lexical scores are the
+    whole transcript's, sliced."""
     from chaptering.crops import crop
     from chaptering.crops import windows as window_ranges
     from chaptering.cues import line_features
@@ -149,13 +149,12 @@ def window_transcripts(transcripts: Sequence[Transcript], decoder: DecoderSettin
 
     out = []
     for t in transcripts:
-        ranges = window_ranges(t, decoder.long_lines)
+        ranges = window_ranges(t, long_lines)
         emb = line_embeddings(t, cache_dir) if ranges else None
         for a, b in ranges:
             window = crop(t, a, b)
             x = line_features(window, emb[a:b])
-            features[window.id] = x if lexical is None else _append(x, lexical[t.id][a:b])
-            out.append(window)
+            out.append((window, x if lexical is None else _append(x, lexical[t.id][a:b])))
     return out
 
 
@@ -200,8 +199,9 @@ def fit(
     lexical_cue = fit_lexical(labelled) if lexical else None
     lexical_seconds = time.perf_counter() - t0
     features = _features(labelled, cache_dir, progress, oof)
-    mid = window_transcripts(train, decoder or DecoderSettings(), cache_dir, oof, features) if windows else []
-    x, y, w = _matrix(train + mid, features)
+    mid = window_transcripts(train, (decoder or DecoderSettings()).long_lines, cache_dir, oof) if windows else []
+    features.update({window.id: x for window, x in mid})
+    x, y, w = _matrix(train + [window for window, _ in mid], features)
     xv, yv, wv = _matrix(val, features)
     names = feature_names(lexical)
     evals: dict[str, Any] = {}

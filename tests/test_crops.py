@@ -45,11 +45,9 @@ def test_windows_are_featurised_as_videos_of_their_own(monkeypatch):
 
     monkeypatch.setattr("chaptering.embeddings.embed", fake_embed)
     talk = _talk()
-    features: dict = {}
-    got = boundary.window_transcripts([talk, _talk(n=100)], boundary.DecoderSettings(), None,
-                                      {"talk": np.zeros(240)}, features)
-    assert [len(w.segments) for w in got] == [b - a for a, b in crops.windows(talk, 150)]
-    first = features[got[0].id]
+    got = boundary.window_transcripts([talk, _talk(n=100)], 150, None, {"talk": np.zeros(240)})
+    assert [len(w.segments) for w, _ in got] == [b - a for a, b in crops.windows(talk, 150)]
+    first = got[0][1]
     n_lines = cues.FEATURES.index("n_lines")
     assert first.shape == (24, len(cues.FEATURES) + 1)  # + the lexical cue's column
     assert first[0, n_lines] == 24 and first[0, cues.FEATURES.index("t_from_start")] == 0.0
