@@ -192,6 +192,7 @@ def fit(
     import lightgbm as lgb
 
     t0 = time.perf_counter()
+    decoder = decoder or DecoderSettings()
     labelled = [t for t in transcripts if t.chapters and len(t.segments) >= 2]
     train = [t for t in labelled if not is_validation(t.id, val_share)]
     val = [t for t in labelled if is_validation(t.id, val_share)] or train
@@ -199,7 +200,7 @@ def fit(
     lexical_cue = fit_lexical(labelled) if lexical else None
     lexical_seconds = time.perf_counter() - t0
     features = _features(labelled, cache_dir, progress, oof)
-    mid = window_transcripts(train, (decoder or DecoderSettings()).long_lines, cache_dir, oof) if windows else []
+    mid = window_transcripts(train, decoder.long_lines, cache_dir, oof) if windows else []
     features.update({window.id: x for window, x in mid})
     x, y, w = _matrix(train + [window for window, _ in mid], features)
     xv, yv, wv = _matrix(val, features)
@@ -214,7 +215,7 @@ def fit(
         callbacks=[lgb.record_evaluation(evals), lgb.early_stopping(40, verbose=False)],
     )
     fitted = time.perf_counter() - t0
-    model = BoundaryModel(booster=booster, decoder=decoder or DecoderSettings(), lexical=lexical_cue)
+    model = BoundaryModel(booster=booster, decoder=decoder, lexical=lexical_cue)
     # Calibrated on the validation lines' out-of-fold lexical scores: the full cue has read these transcripts.
     scored = [([1.0] + [float(v) for v in booster.predict(features[t.id])[1:]], t) for t in val]
     model.decoder, val_f1 = calibrate(scored, model.decoder)
