@@ -24,6 +24,7 @@ from chaptering.decode import DecoderSettings, calibrate, decode, source_family
 from chaptering.lexical import LEXICAL_FILE, LexicalCue, out_of_fold
 from chaptering.lexical import fit as fit_lexical
 from chaptering.schema import Transcript
+from chaptering.tree_average import average
 
 MODEL_FILE = "boundary.lgb.txt"
 CARD_FILE = "boundary.json"
@@ -180,6 +181,7 @@ def fit(
     progress: bool = True,
     lexical: bool = True,
     windows: bool = True,
+    bag: int = 1,
 ) -> BoundaryModel:
     """Train on the non-validation transcripts, calibrate the threshold on the validation ones.
 
@@ -205,15 +207,20 @@ def fit(
     x, y, w = _matrix(train + [window for window, _ in mid], features)
     xv, yv, wv = _matrix(val, features)
     names = feature_names(lexical)
-    evals: dict[str, Any] = {}
-    booster = lgb.train(
-        {**DEFAULT_PARAMS, **(params or {})},
-        lgb.Dataset(x, y, weight=w, feature_name=names, free_raw_data=False),
-        num_boost_round=rounds,
-        valid_sets=[lgb.Dataset(x, y, weight=w), lgb.Dataset(xv, yv, weight=wv)],
-        valid_names=["train", "val"],
-        callbacks=[lgb.record_evaluation(evals), lgb.early_stopping(40, verbose=False)],
-    )
+    params = {**DEFAULT_PARAMS, **(params or {})}
+    boosters, logs = [], []
+    for i in range(max(1, bag)):
+        evals: dict[str, Any] = {}
+        boosters.append(lgb.train(
+            {**params, "seed": params["seed"] + i},
+            lgb.Dataset(x, y, weight=w, feature_name=names, free_raw_data=False),
+            num_boost_round=rounds,
+            valid_sets=[lgb.Dataset(x, y, weight=w), lgb.Dataset(xv, yv, weight=wv)],
+            valid_names=["train", "val"],
+            callbacks=[lgb.record_evaluation(evals), lgb.early_stopping(40, verbose=False)],
+        ))
+        logs.append(evals)
+    booster = average(boosters)
     fitted = time.perf_counter() - t0
     model = BoundaryModel(booster=booster, decoder=decoder, lexical=lexical_cue)
     # Calibrated on the validation lines' out-of-fold lexical scores: the full cue has read these transcripts.
@@ -222,14 +229,17 @@ def fit(
     model.card = {
         "kind": "lightgbm",
         "rounds": booster.best_iteration or booster.current_iteration(),
+        "bag": len(boosters),
+        "bag_rounds": [b.best_iteration or b.current_iteration() for b in boosters],
         "train_transcripts": len(train),
         "train_windows": len(mid),
         "val_transcripts": len(val),
         "train_lines": len(y),
         "positives": int(y.sum()),
         "val_primary_f1": round(val_f1, 4),
-        "train_loss": [round(v, 5) for v in evals["train"]["binary_logloss"]],
-        "val_loss": [round(v, 5) for v in evals["val"]["binary_logloss"]],
+        # The first fit's curves (each fit of a bag stops on its own round).
+        "train_loss": [round(v, 5) for v in logs[0]["train"]["binary_logloss"]],
+        "val_loss": [round(v, 5) for v in logs[0]["val"]["binary_logloss"]],
         "seconds": round(time.perf_counter() - t0, 1),
         "fit_seconds": round(fitted, 1),
         "lexical_seconds": round(lexical_seconds, 1),

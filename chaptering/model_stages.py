@@ -103,7 +103,8 @@ def fit_boundary(settings: Settings, build: BuildOutput) -> Any:
     decoder = DecoderSettings(min_gap_s=b.min_gap_s, min_gap_lines=b.min_gap_lines, min_chapters=b.min_chapters,
                               max_chapters=b.max_chapters)
     return boundary.fit(read_transcripts(build.dir / BOUNDARY_SET), cache_dir=settings.cache_dir, rounds=b.rounds,
-                        val_share=b.val_share, decoder=decoder, windows=b.windows)
+                        val_share=b.val_share, decoder=decoder, windows=b.windows,
+                        bag=b.bag)
 
 
 def _calibrate(settings: Settings, base: str, adapter: Path, build: BuildOutput) -> dict[str, Any]:

@@ -48,3 +48,16 @@ def test_a_model_without_the_lexical_cue_still_loads_and_scores(fitted, tmp_path
     again = boundary.BoundaryModel.load(plain.save(tmp_path / "plain"))
     assert again.lexical is None and not (tmp_path / "plain" / "lexical.json").exists()
     assert again.starts(transcripts[0], cache) == plain.starts(transcripts[0], cache)
+
+
+def test_a_bag_of_fits_is_one_model_of_their_mean(fitted, tmp_path):
+    """bag=k fits k seeds and registers one booster: its trees are all of theirs, its card says how many."""
+    _, transcripts, cache = fitted
+    kw = {"cache_dir": cache, "rounds": 20, "params": {"min_data_in_leaf": 5}, "progress": False}
+    bagged = boundary.fit(transcripts[:20], bag=3, **kw)
+    assert bagged.card["bag"] == 3 and len(bagged.card["bag_rounds"]) == 3
+    assert bagged.booster.num_trees() == sum(bagged.card["bag_rounds"])
+    single = boundary.fit(transcripts[:20], **kw)
+    assert single.card["bag"] == 1 and single.scores(transcripts[0], cache) != bagged.scores(transcripts[0], cache)
+    again = boundary.BoundaryModel.load(bagged.save(tmp_path / "bag"))
+    assert again.scores(transcripts[0], cache) == bagged.scores(transcripts[0], cache)
