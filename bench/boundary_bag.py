@@ -7,7 +7,7 @@ calibrated on the validation split as boundary.fit calibrates; prints per model 
 held-out headline, work F1/Pk/B, the gate's headline line against embedding valleys and its verdict, then
 mean and spread for singles and for bags.
 
-Usage: python bench/boundary_bag.py [N=15] [K=5] [BOUNDARY_JSONL]   (~20 s a booster and ~25 s a held-out
+Usage: python bench/boundary_bag.py [N=15] [K=5] [BOUNDARY_JSONL]   (K = N: the whole bag only)   (~20 s a booster and ~25 s a held-out
 evaluation here, with the embedding cache warm)
 """
 
@@ -51,6 +51,8 @@ def main() -> None:
     val_x = boundary._features(val, CACHE, False, out_of_fold(labelled))
     rows: dict[str, list[float]] = {"single": [], f"bag of {k}": []}
     groups = [("single", f"seed {i}", [b]) for i, b in enumerate(fitted)]
+    if k == n:  # only the whole bag
+        groups = []
     groups += [(f"bag of {k}", f"seeds {i}-{i + k - 1}", fitted[i:i + k]) for i in range(0, n - k + 1, k)]
     for kind, name, members in groups:
         booster = average(members)
@@ -64,6 +66,9 @@ def main() -> None:
               f"{report.domain_metric('work', 'f1'):.3f}/{report.domain_metric('work', 'pk'):.3f}/"
               f"{report.domain_metric('work', 'boundary_similarity'):.3f} | {head} | "
               f"{'PROMOTE' if verdict.promote else 'refuse'}", flush=True)
+        for reason in verdict.reasons:
+            if reason.startswith("FAIL") and "headline" not in reason:
+                print(f"    {reason}", flush=True)
         rows[kind].append(report.metric("headline"))
     for kind, values in rows.items():
         if values:
