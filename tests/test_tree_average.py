@@ -44,3 +44,16 @@ def test_boosters_over_other_features_are_refused():
         average([six[0], five[0]])
     with pytest.raises(ValueError, match="at least one"):
         average([])
+
+
+def test_the_average_exports_as_one_onnx_tree_ensemble(tmp_path):
+    """The device runtime scores a bag as it scores one fit: one ONNX graph, LightGBM's probabilities."""
+    pytest.importorskip("onnxmltools")
+    from chaptering.edge.trees import TreeScorer
+    from chaptering.export.trees import export_trees
+
+    x, boosters = _boosters()
+    merged = average(boosters)
+    info = export_trees(merged, tmp_path / "boundary.onnx")
+    assert info["max_abs_diff"] <= 1e-5
+    assert np.allclose(TreeScorer.load(tmp_path / "boundary.onnx").predict(x), merged.predict(x), atol=1e-5)
