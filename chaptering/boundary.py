@@ -228,7 +228,7 @@ def fit(
     model.decoder, val_f1 = calibrate(scored, model.decoder)
     model.card = {
         "kind": "lightgbm",
-        "rounds": booster.best_iteration or booster.current_iteration(),
+        "rounds": sum(b.best_iteration or b.current_iteration() for b in boosters),  # trees it scores with
         "bag": len(boosters),
         "bag_rounds": [b.best_iteration or b.current_iteration() for b in boosters],
         "train_transcripts": len(train),
