@@ -7,8 +7,9 @@ calibrated on the validation split as boundary.fit calibrates; prints per model 
 held-out headline, work F1/Pk/B, the gate's headline line against embedding valleys and its verdict, then
 mean and spread for singles and for bags.
 
-Usage: python bench/boundary_bag.py [N=15] [K=5] [BOUNDARY_JSONL]   (K = N: the whole bag only)   (~20 s a booster and ~25 s a held-out
-evaluation here, with the embedding cache warm)
+Usage: python bench/boundary_bag.py [N=15] [K=5] [BOUNDARY_JSONL]   (K = N: the whole bag only)
+~5 s a booster and ~8 s a held-out evaluation here once the MiniLM cache is warm (the first run embeds the
+corpus, ~15 min); BOUNDARY_JSONL trains on a `make run`'s state/datasets/<fingerprint>/boundary.jsonl.
 """
 
 from __future__ import annotations

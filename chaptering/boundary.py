@@ -221,6 +221,7 @@ def fit(
         ))
         logs.append(evals)
     booster = average(boosters)
+    bag_rounds = [b.best_iteration or b.current_iteration() for b in boosters]
     fitted = time.perf_counter() - t0
     model = BoundaryModel(booster=booster, decoder=decoder, lexical=lexical_cue)
     # Calibrated on the validation lines' out-of-fold lexical scores: the full cue has read these transcripts.
@@ -228,9 +229,9 @@ def fit(
     model.decoder, val_f1 = calibrate(scored, model.decoder)
     model.card = {
         "kind": "lightgbm",
-        "rounds": sum(b.best_iteration or b.current_iteration() for b in boosters),  # trees it scores with
+        "rounds": sum(bag_rounds),  # the trees the averaged model scores with
         "bag": len(boosters),
-        "bag_rounds": [b.best_iteration or b.current_iteration() for b in boosters],
+        "bag_rounds": bag_rounds,
         "train_transcripts": len(train),
         "train_windows": len(mid),
         "val_transcripts": len(val),
