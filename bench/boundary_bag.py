@@ -17,14 +17,10 @@ from __future__ import annotations
 import statistics
 import sys
 
-from corpus import CACHE, EMBEDDING, heldout_and_train
+from corpus import CACHE, heldout_and_train, heldout_verdict
 
 from chaptering import boundary
-from chaptering.boundary_chapterer import BoundaryChapterer
-from chaptering.config import GateSettings
 from chaptering.decode import DecoderSettings, calibrate
-from chaptering.evaluate import Report, evaluate
-from chaptering.gate import gate
 from chaptering.lexical import out_of_fold
 from chaptering.tree_average import average
 
@@ -37,7 +33,6 @@ def main() -> None:
         from chaptering.io import read_transcripts
 
         train = read_transcripts(sys.argv[3])
-    ref = Report.from_json(EMBEDDING.read_text())
     fitted: list = []
 
     def keep(boosters):
@@ -60,13 +55,8 @@ def main() -> None:
         scored = [([1.0] + [float(v) for v in booster.predict(val_x[t.id])[1:]], t) for t in val]
         decoder, val_f1 = calibrate(scored, DecoderSettings())
         m = boundary.BoundaryModel(booster=booster, decoder=decoder, lexical=model.lexical, card=model.card)
-        report, _ = evaluate(BoundaryChapterer(m, None, "bench", CACHE), held, progress=False)
-        verdict = gate(report, None, [ref], GateSettings())
-        head = next(r for r in verdict.reasons if "headline" in r).split(": ", 1)[1]
-        print(f"{name:12s} val F1 {val_f1:.3f} | held-out {report.metric('headline'):.3f} | work F1/Pk/B "
-              f"{report.domain_metric('work', 'f1'):.3f}/{report.domain_metric('work', 'pk'):.3f}/"
-              f"{report.domain_metric('work', 'boundary_similarity'):.3f} | {head} | "
-              f"{'PROMOTE' if verdict.promote else 'refuse'}", flush=True)
+        report, verdict, line = heldout_verdict(m, held)
+        print(f"{name:12s} val F1 {val_f1:.3f} | {line}", flush=True)
         for reason in verdict.reasons:
             if reason.startswith("FAIL") and "headline" not in reason:
                 print(f"    {reason}", flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from chaptering.heldout import load_heldout
 from chaptering.io import read_transcripts
@@ -21,3 +22,20 @@ def heldout_and_train() -> tuple[list[Transcript], list[Transcript]]:
     held = load_heldout(ROOT / "data" / "eval" / "heldout.jsonl")
     hid = {t.id for t in held}
     return held, [t for f in FILES for t in read_transcripts(SHARED / f) if t.id not in hid]
+
+
+def heldout_verdict(model: Any, held: list[Transcript]) -> tuple[Any, Any, str]:
+    """A boundary model (no titles) on held-out v2, gated against embedding valleys as `make run` gates it:
+    (report, verdict, one line: headline, work F1/Pk/B, the gate's headline reason, PROMOTE/refuse)."""
+    from chaptering.boundary_chapterer import BoundaryChapterer
+    from chaptering.config import GateSettings
+    from chaptering.evaluate import Report, evaluate
+    from chaptering.gate import gate
+
+    report, _ = evaluate(BoundaryChapterer(model, None, "bench", CACHE), held, progress=False)
+    verdict = gate(report, None, [Report.from_json(EMBEDDING.read_text())], GateSettings())
+    head = next(r for r in verdict.reasons if "headline" in r).split(": ", 1)[1]
+    line = (f"held-out {report.metric('headline'):.3f} | work F1/Pk/B {report.domain_metric('work', 'f1'):.3f}/"
+            f"{report.domain_metric('work', 'pk'):.3f}/{report.domain_metric('work', 'boundary_similarity'):.3f} | "
+            f"{head} | {'PROMOTE' if verdict.promote else 'refuse'}")
+    return report, verdict, line

@@ -16,14 +16,10 @@ from __future__ import annotations
 import statistics
 import sys
 
-from corpus import CACHE, EMBEDDING, heldout_and_train
+from corpus import CACHE, heldout_and_train, heldout_verdict
 
 from chaptering import boundary, crops
-from chaptering.boundary_chapterer import BoundaryChapterer
-from chaptering.config import GateSettings
 from chaptering.decode import _macro, decode
-from chaptering.evaluate import Report, evaluate
-from chaptering.gate import gate
 from chaptering.lexical import out_of_fold
 from chaptering.metrics import pk
 
@@ -36,7 +32,6 @@ def main() -> None:
         from chaptering.io import read_transcripts
 
         train = read_transcripts(sys.argv[3])
-    ref = Report.from_json(EMBEDDING.read_text())
     labelled = [t for t in train if t.chapters and len(t.segments) >= 2]
     val = [t for t in labelled if boundary.is_validation(t.id, 0.2)]
     oof = out_of_fold(labelled)
@@ -57,13 +52,9 @@ def main() -> None:
             w_pk = statistics.mean(pk(list(t.boundaries), decode(sc, t, m.decoder), len(t.segments))
                                    for sc, t in windows)
             w_n = statistics.mean(len(decode(sc, t, m.decoder)) / len(t.boundaries) for sc, t in windows)
-            report, _ = evaluate(BoundaryChapterer(m, None, "bench", CACHE), held, progress=False)
-            verdict = gate(report, None, [ref], GateSettings())
-            head = next(r for r in verdict.reasons if "headline" in r).split(": ", 1)[1]
+            report, _, line = heldout_verdict(m, held)
             print(f"seed {seed} {v:6s} val F1 {m.card['val_primary_f1']:.3f} | val windows ({len(windows)}) F1 "
-                  f"{w_f1:.3f} Pk {w_pk:.3f} count/ref {w_n:.2f} | held-out {report.metric('headline'):.3f} "
-                  f"work F1/Pk/B {report.domain_metric('work', 'f1'):.3f}/{report.domain_metric('work', 'pk'):.3f}/"
-                  f"{report.domain_metric('work', 'boundary_similarity'):.3f} | {head} | {'PROMOTE' if verdict.promote else 'refuse'}", flush=True)
+                  f"{w_f1:.3f} Pk {w_pk:.3f} count/ref {w_n:.2f} | {line}", flush=True)
             rows[v].append((m.card["val_primary_f1"], w_f1, w_pk, report.metric("headline")))
     for v in variants:
         cols = list(zip(*rows[v]))
