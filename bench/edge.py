@@ -276,7 +276,8 @@ def speed(args: argparse.Namespace) -> str:
            f"held-out talk). {args.cold_runs} fresh process(es) per runtime, in turns; load and cold start: the "
            f"fastest; latencies: median of {args.repeats} runs a process (60 min: {max(1, args.repeats - 1)}). "
            "Steal: the share of busy CPU time the hypervisor gave to other guests while it ran; above ~5 % the "
-           "wall-clock columns are slower than the code."), "",
+           "wall-clock columns are slower than the code. An export's load is until `load_export` returns: its "
+           "title LM goes on loading in the background, behind the first answer's boundaries."), "",
            (f"Chapters titled: {base['chapters10']} (10 min), {base['chapters60']} (60 min)."), "",
            ("| runtime | load s | cold start s (spawn → first answer, 10 min) | latency 10 min s | latency 60 min s "
            "| peak RSS MB | × faster (10 / 60 min) | memory share | steal |"), "|---|---|---|---|---|---|---|---|---|"]

@@ -83,14 +83,15 @@ def load_chapterer(spec: str, settings: Any, embedding_cache: bool = True) -> An
 
 def load_exported(spec: str) -> Any:
     """`export:DIR[@QUANT]` -> chaptering.edge's chapterer (ONNX encoder and trees; titles on llama.cpp or
-    onnxruntime)."""
+    onnxruntime). Loaded in full before it returns: the service swaps a champion in only once every part
+    of it has loaded (a broken title LM fails the reload, not the first request after it)."""
     try:
         from chaptering.edge import load_export, parse_spec
     except ImportError as err:  # pragma: no cover - the edge extra is absent
         raise ValueError(f"--model {spec!r} needs the on-device extra: pip install '.[edge]' ({err})") from err
     folder, quant = parse_spec(spec)
     try:
-        return load_export(folder, quant)
+        return load_export(folder, quant, background=False)
     except ImportError as err:
         raise ValueError(f"--model {spec!r} needs the on-device extra: pip install '.[edge]' ({err})") from err
     except FileNotFoundError as err:

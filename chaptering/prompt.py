@@ -198,9 +198,24 @@ def _loads_list(text: str) -> tuple[list[Any] | None, list[str]]:
     return None, repairs
 
 
+_TITLE_STRIP = " \"'#*-:"
+
+
 def clean_title(title: str) -> str:
-    words = " ".join(str(title).split()).strip(" \"'#*-:").split()
+    words = " ".join(str(title).split()).strip(_TITLE_STRIP).split()
     return " ".join(words[:MAX_TITLE_WORDS])[:MAX_TITLE_CHARS].strip()
+
+
+def title_settled(answer: str) -> bool:
+    """Whether no continuation of `answer` can change the title a titler keeps of it
+    (`clean_title(answer.strip().split("\n")[0])`): its first line has ended, or more than
+    MAX_TITLE_WORDS words follow the leading strip, one of the extra ones not made of stripped marks only
+    (those could still be stripped from the end, into the last kept word). Decoding stops there."""
+    head = answer.lstrip()
+    if "\n" in head:
+        return True
+    words = " ".join(head.split()).lstrip(_TITLE_STRIP).split()
+    return any(w.strip(_TITLE_STRIP) for w in words[MAX_TITLE_WORDS:])
 
 
 def _tagged(text: str) -> tuple[list[dict[str, Any]] | None, list[str]]:

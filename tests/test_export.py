@@ -621,6 +621,34 @@ def test_onnx_decoder_writes_pytorch_greedy_tokens_for_prompts_of_any_length(onn
     one_by_one = [OnnxDecoder(graph, info["head_dim"], threads=1, n_seq=1).generate([p], 8, stop)[0]
                   for p in prompts]
     assert one_by_one == answers
+    # Rows that end early leave the batch (the rest move into smaller caches) and the others go on as
+    # before: each answer is the full one cut where `settled` first holds, in any pass width.
+    def settled(a: list[int]) -> bool:
+        return len(a) >= 1 + a[0] % 7
+
+    want = [next(a[:k] for k in range(1, len(a) + 1) if settled(a[:k])) if any(
+        settled(a[:k]) for k in range(1, len(a) + 1)) else a for a in answers]
+    assert len({len(a) for a in want}) > 2  # rows really end at different steps
+    for rows in (2, 4, len(prompts)):
+        assert OnnxDecoder(graph, info["head_dim"], threads=1, n_seq=rows).generate(prompts, 8, stop, settled) == want
+
+
+def test_title_settled_stops_only_where_no_continuation_changes_the_kept_title():
+    from chaptering.prompt import MAX_TITLE_WORDS, clean_title, title_settled
+
+    def kept(answer: str) -> str:
+        return clean_title(answer.strip().split("\n")[0])
+
+    ten = " ".join(f"w{i}" for i in range(MAX_TITLE_WORDS))
+    cases = ["Intro", "Intro to", "\n\nIntro", "  ", "Intro\n", "Intro\nMore words", f"{ten}", f"{ten} x",
+             f"- {ten}", f"{ten} -", f"{ten} - :", f"{ten}- -", f"{ten}- - y"]
+    for answer in cases:
+        if title_settled(answer):  # then nothing appended may change the title
+            for more in (" z", "z", "\nz", " - word", "-"):
+                assert kept(answer + more) == kept(answer), (answer, more)
+    assert title_settled("Intro\n") and title_settled(f"{ten} x") and title_settled(f"{ten}- - y")
+    assert not title_settled("\n\nIntro") and not title_settled(ten) and not title_settled(f"{ten} - :")
+    assert not title_settled(f"- {ten}")  # the leading mark is stripped: still ten words
 
 
 @pytest.mark.edge
@@ -705,7 +733,8 @@ def test_int8_export_places_the_pytorch_chapters_and_titles_them_without_torch(e
     ops = {n.op_type for n in onnx.load(str(exported_int8 / llm["files"]["int8"]), load_external_data=False).graph.node}
     assert {"MatMulInteger", "MatMulNBits", "GroupQueryAttention", "Slice"} <= ops and "MatMul" not in ops
     edge = load_export(exported_int8, threads=1)
-    assert isinstance(edge.titler, OnnxTitler) and isinstance(load_export(exported_int8, "q8_0").titler, GGUFTitler)
+    assert isinstance(edge.titler.result(), OnnxTitler)  # loaded in the background (PendingTitler)
+    assert isinstance(load_export(exported_int8, "q8_0", background=False).titler, GGUFTitler)
     torch_path = load_chapterer(str(bundle), settings)
     _, transcripts, _ = fitted_boundary
     for t in transcripts[:5]:

@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         for t in transcripts:
             out.write(chapterer.predict(t).model_dump_json() + "\n")
             out.flush()
+    except (ValueError, FileNotFoundError) as err:  # the title LM loads in the background: its errors show here
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     finally:
         if args.out:
             out.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -64,12 +64,14 @@ class BatchDecoder:
     def close(self) -> None:
         self._finalizer()
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_new: int, stop: set[int]) -> list[list[int]]:
-        """For each prompt, the greedy tokens up to (not including) a stop token, at most `max_new`."""
+    def generate(self, prompts: Sequence[Sequence[int]], max_new: int, stop: set[int],
+                 settled: Callable[[list[int]], bool] | None = None) -> list[list[int]]:
+        """For each prompt, the greedy tokens up to (not including) a stop token, at most `max_new`;
+        a sequence also ends once `settled(its tokens)` says no later token can change what is kept."""
         out: list[list[int]] = []
         with self._lock:
             for group in self._groups(prompts, max_new):
-                out += self._generate([prompts[i] for i in group], max_new, stop)
+                out += self._generate([prompts[i] for i in group], max_new, stop, settled)
         return out
 
     def _groups(self, prompts: Sequence[Sequence[int]], max_new: int) -> list[list[int]]:
@@ -87,7 +89,8 @@ class BatchDecoder:
             used += need
         return groups
 
-    def _generate(self, prompts: list[Sequence[int]], max_new: int, stop: set[int]) -> list[list[int]]:
+    def _generate(self, prompts: list[Sequence[int]], max_new: int, stop: set[int],
+                  settled: Callable[[list[int]], bool] | None = None) -> list[list[int]]:
         import llama_cpp
 
         memory = llama_cpp.llama_get_memory(self.ctx)
@@ -117,7 +120,7 @@ class BatchDecoder:
                 if following[s] in stop:
                     continue
                 answers[s].append(following[s])
-                if len(answers[s]) < max_new:
+                if len(answers[s]) < max_new and not (settled is not None and settled(answers[s])):
                     going.append(s)
             if not going:
                 break

@@ -9,6 +9,7 @@ exported title LM, prompted as titles.py does.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,27 @@ class EdgeBoundary(BoundaryModel):
 
     def features(self, transcript: Transcript, cache_dir: Path | None = None, encode: Any = None) -> Any:
         return super().features(transcript, None, self.encode)
+
+
+class PendingTitler:
+    """A title LM still loading on a background thread, standing in for it: the first use (the first
+    answer's titles, after its boundaries) waits for the load, and raises what the load raised.
+
+    The LM's session is most of an export's load; the encoder and the trees load, and the first
+    transcript's boundaries are scored, while it loads (both engines prepare weights outside the GIL).
+    """
+
+    def __init__(self, future: Future) -> None:
+        object.__setattr__(self, "_future", future)
+
+    def result(self) -> Any:
+        return self._future.result()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._future.result(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._future.result(), name, value)
 
 
 def parse_spec(spec: str) -> tuple[Path, str | None]:
@@ -55,9 +77,11 @@ def _onnx_trees(folder: Path, manifest: dict[str, Any], threads: int | None) -> 
 
 
 def load_export(folder: Path, quant: str | None = None, threads: int | None = None,
-                checksums: bool = False, name: str | None = None) -> BoundaryChapterer:
+                checksums: bool = False, name: str | None = None, background: bool = True) -> BoundaryChapterer:
     """An exported folder -> chapterer. `quant` picks one of the title LMs it holds (default: the first
-    exported); `checksums` hashes every file against the manifest (sizes are always checked)."""
+    exported); `checksums` hashes every file against the manifest (sizes are always checked);
+    `background` loads the title LM on a thread while the rest loads and the first boundaries are scored
+    (PendingTitler); False loads everything before returning."""
     from chaptering.edge.encoder import OnnxEncoder
     from chaptering.titles import TITLE_PROMPT_VERSION
 
@@ -67,11 +91,7 @@ def load_export(folder: Path, quant: str | None = None, threads: int | None = No
     if manifest.get("prompt_version") != TITLE_PROMPT_VERSION:
         raise ValueError(f"{folder}: exported with title prompt {manifest.get('prompt_version')!r}, this "
                          f"chaptering renders {TITLE_PROMPT_VERSION!r}: export the model again")
-    trees = BoundaryModel.load(folder / "boundary", _onnx_trees(folder, manifest, threads))
-    decoder = DecoderSettings(**manifest["calibration"])
-    boundary = EdgeBoundary(booster=trees.booster, decoder=decoder, card=trees.card, lexical=trees.lexical,
-                            encode=OnnxEncoder(folder / "encoder", threads))
-    titler = None
+    titler: Any = None
     llm = manifest.get("llm")
     if llm:
         quant = quant or llm["default"]
@@ -80,7 +100,17 @@ def load_export(folder: Path, quant: str | None = None, threads: int | None = No
         from chaptering.edge.titler import GGUFTitler, OnnxTitler
 
         engine = OnnxTitler if llm["files"][quant].endswith(".onnx") else GGUFTitler
-        titler = engine(folder / llm["files"][quant], folder / llm["tokenizer"], llm, threads,
-                        max_new_tokens=int(llm.get("max_new_tokens", 16)))
+        args = (folder / llm["files"][quant], folder / llm["tokenizer"], llm, threads)
+        kwargs = {"max_new_tokens": int(llm.get("max_new_tokens", 16))}
+        if background:
+            pool = ThreadPoolExecutor(1, thread_name_prefix="title-lm")
+            titler = PendingTitler(pool.submit(engine, *args, **kwargs))
+            pool.shutdown(wait=False)  # the load goes on; the thread ends with it
+        else:
+            titler = engine(*args, **kwargs)
+    trees = BoundaryModel.load(folder / "boundary", _onnx_trees(folder, manifest, threads))
+    decoder = DecoderSettings(**manifest["calibration"])
+    boundary = EdgeBoundary(booster=trees.booster, decoder=decoder, card=trees.card, lexical=trees.lexical,
+                            encode=OnnxEncoder(folder / "encoder", threads))
     label = f"edge:{quant}" if titler is not None else "edge"
     return BoundaryChapterer(boundary, titler, name or f"{manifest['source']['model']} ({label})")

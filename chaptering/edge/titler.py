@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from chaptering.prompt import clean_title
+from chaptering.prompt import clean_title, title_settled
 from chaptering.titles import BATCH_SIZE, MAX_TITLE_TOKENS, LLMTitler, title_messages
 
 
@@ -109,8 +109,13 @@ class EdgeTitler(LLMTitler):
         prompt = render_chat(self.template, title_messages(text)[:2], self.specials)
         return list(self.tok.encode(prompt, add_special_tokens=False).ids)
 
+    def settled(self, ids: list[int]) -> bool:
+        """The answer so far already fixes its title (prompt.title_settled): its row stops decoding."""
+        return title_settled(self.tok.decode(ids, skip_special_tokens=True))
+
     def _batch(self, texts: Sequence[str]) -> list[str]:
-        answers = self.decoder.generate([self.prompt_ids(x) for x in texts], self.max_new_tokens, self.stop_ids)
+        answers = self.decoder.generate([self.prompt_ids(x) for x in texts], self.max_new_tokens, self.stop_ids,
+                                        self.settled)
         return [clean_title(self.tok.decode(out, skip_special_tokens=True).strip().split("\n")[0])
                 for out in answers]
 
