@@ -106,7 +106,8 @@ class OnnxDecoder:
         import numpy as np
 
         rows = list(going)  # batch position -> answer row
-        buffers = [buf[rows] for buf in buffers] if len(rows) < len(answers) else buffers
+        if len(rows) < len(answers):
+            _keep_rows(buffers, rows)
         lengths = [lengths[r] for r in rows]
         binding = self._bind(buffers)
         while True:
@@ -114,7 +115,8 @@ class OnnxDecoder:
             if not live:
                 return
             if len(live) <= len(rows) // 2:  # compact: keep only the rows still going
-                buffers = [buf[live] for buf in buffers]
+                binding = None  # its OrtValues hold the buffers about to be replaced
+                _keep_rows(buffers, live)
                 rows, lengths = [rows[k] for k in live], [lengths[k] for k in live]
                 binding = self._bind(buffers)
             mask = np.zeros((len(rows), max(lengths) + 1), np.int64)
@@ -147,3 +149,10 @@ class OnnxDecoder:
             binding.bind_ortvalue_input(past, value)
             binding.bind_ortvalue_output(present, value)
         return binding
+
+
+def _keep_rows(buffers: list[Any], rows: list[int]) -> None:
+    """Replace each cache buffer, in place in the list, by a copy of its `rows`: one layer at a time, so
+    the full buffers are freed as their copies are made (the caller's list holds no other reference)."""
+    for i, buf in enumerate(buffers):
+        buffers[i] = buf[rows]
