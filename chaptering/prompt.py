@@ -206,11 +206,15 @@ def clean_title(title: str) -> str:
     return " ".join(words[:MAX_TITLE_WORDS])[:MAX_TITLE_CHARS].strip()
 
 
+def kept_title(answer: str) -> str:
+    """The title a titler keeps of a generated answer: its first non-blank line, cleaned."""
+    return clean_title(answer.strip().split("\n")[0])
+
+
 def title_settled(answer: str) -> bool:
-    """Whether no continuation of `answer` can change the title a titler keeps of it
-    (`clean_title(answer.strip().split("\n")[0])`): its first line has ended, or more than
-    MAX_TITLE_WORDS words follow the leading strip, one of the extra ones not made of stripped marks only
-    (those could still be stripped from the end, into the last kept word). Decoding stops there."""
+    """Whether no continuation of `answer` can change `kept_title(answer)`: its first line has ended, or
+    more than MAX_TITLE_WORDS words follow the leading strip, one of the extra ones not made of stripped
+    marks only (those could still be stripped from the end, into the last kept word). Decoding stops there."""
     head = answer.lstrip()
     if "\n" in head:
         return True

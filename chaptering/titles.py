@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from chaptering.prompt import clean_title
+from chaptering.prompt import clean_title, kept_title
 from chaptering.schema import Transcript
 
 TITLE_PROMPT_VERSION = "title-v1-600"
@@ -93,7 +93,7 @@ class LLMTitler:
             out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                       pad_token_id=self.tok.pad_token_id or self.tok.eos_token_id)
         answers = self.tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        return [clean_title(a.strip().split("\n")[0]) for a in answers]
+        return [kept_title(a) for a in answers]
 
     def title(self, text: str) -> str:
         return self._batch([text])[0]

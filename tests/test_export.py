@@ -634,10 +634,9 @@ def test_onnx_decoder_writes_pytorch_greedy_tokens_for_prompts_of_any_length(onn
 
 
 def test_title_settled_stops_only_where_no_continuation_changes_the_kept_title():
-    from chaptering.prompt import MAX_TITLE_WORDS, clean_title, title_settled
+    from chaptering.prompt import MAX_TITLE_WORDS, kept_title, title_settled
 
-    def kept(answer: str) -> str:
-        return clean_title(answer.strip().split("\n")[0])
+    kept = kept_title
 
     ten = " ".join(f"w{i}" for i in range(MAX_TITLE_WORDS))
     cases = ["Intro", "Intro to", "\n\nIntro", "  ", "Intro\n", "Intro\nMore words", f"{ten}", f"{ten} x",

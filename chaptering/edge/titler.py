@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from chaptering.prompt import clean_title, title_settled
+from chaptering.prompt import kept_title, title_settled
 from chaptering.titles import BATCH_SIZE, MAX_TITLE_TOKENS, LLMTitler, title_messages
 
 
@@ -116,8 +116,7 @@ class EdgeTitler(LLMTitler):
     def _batch(self, texts: Sequence[str]) -> list[str]:
         answers = self.decoder.generate([self.prompt_ids(x) for x in texts], self.max_new_tokens, self.stop_ids,
                                         self.settled)
-        return [clean_title(self.tok.decode(out, skip_special_tokens=True).strip().split("\n")[0])
-                for out in answers]
+        return [kept_title(self.tok.decode(out, skip_special_tokens=True)) for out in answers]
 
 
 class OnnxTitler(EdgeTitler):
